@@ -1,0 +1,52 @@
+"""Types every objective shares: the realised times of a batch and the objective's result.
+
+An objective is a frozen dataclass, callable as ``objective(model, x1, generator=None)``: it
+draws the base noise x0 and the times itself and returns an :class:`ObjectiveResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class TimeBatch:
+    """Realised times of one batch, all (batch,): from-time s, to-time t, optional intermediate u,
+    and ``diagonal`` (bool) marking the samples that carry the diagonal (s = t) term."""
+
+    s: torch.Tensor
+    t: torch.Tensor
+    diagonal: torch.Tensor
+    u: torch.Tensor | None = None
+
+    @property
+    def gap(self) -> torch.Tensor:
+        return self.t - self.s
+
+
+@dataclass(frozen=True)
+class ObjectiveResult:
+    """Per-sample loss (batch,), named per-term values and the realised times.
+
+    ``terms[name]`` is a per-sample tensor over the samples that carry that term (the diagonal
+    term, whose name contains ``diag``, over ``times.diagonal``; off-diagonal terms over the rest);
+    ``loss`` is the per-sample total actually minimised (after weighting). ``aux`` holds
+    detached per-sample diagnostics (tangent norms, raw unweighted losses, ...).
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    times: TimeBatch
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Objective(Protocol):
+    name: str
+
+    def __call__(
+        self, model: object, x1: torch.Tensor, generator: torch.Generator | None = None
+    ) -> ObjectiveResult: ...
