@@ -1,5 +1,6 @@
 """The flow contract, time broadcasting, finfo tolerances, validation and seeding."""
 
+from .derivatives import directional_derivative
 from .contract import AnalyticFlowLike, Flow, FlowMapModel, TimeLike
 from .seeding import choose_device, make_generator, seed_everything
 from .times import broadcast_time, expand_as_state
@@ -21,6 +22,7 @@ __all__ = [
     "TimeLike",
     "broadcast_time",
     "check_finite",
+    "directional_derivative",
     "check_positive_int",
     "check_probability_vector",
     "check_state",
