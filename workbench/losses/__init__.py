@@ -1,0 +1,37 @@
+"""Flow-map objectives: per-sample losses with named terms, the (s, t[, u]) samplers, forward-mode
+derivatives with a finite-difference twin, and loss weightings."""
+
+from .base import Objective, ObjectiveResult, TimeBatch
+from .derivatives import directional_derivative, flow_map_ds, flow_map_dt, flow_map_dx, total_derivative
+from .samplers import (
+    BetaPair,
+    DiscreteGapSampler,
+    LogitNormalPair,
+    Midpoint,
+    UniformIntermediate,
+    UniformTriangle,
+    n_diagonal,
+    sample_times,
+)
+from .weighting import Weighting, apply_weighting
+
+__all__ = [
+    "BetaPair",
+    "DiscreteGapSampler",
+    "LogitNormalPair",
+    "Midpoint",
+    "Objective",
+    "ObjectiveResult",
+    "TimeBatch",
+    "UniformIntermediate",
+    "UniformTriangle",
+    "Weighting",
+    "apply_weighting",
+    "directional_derivative",
+    "flow_map_ds",
+    "flow_map_dt",
+    "flow_map_dx",
+    "n_diagonal",
+    "sample_times",
+    "total_derivative",
+]
