@@ -1,0 +1,32 @@
+"""The figure style (one .mplstyle), fixed widths, and saving as PDF + PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = Path(__file__).with_name("style.mplstyle")
+#: fixed figure widths (inches): one column and full page
+WIDTH_SINGLE = 3.35
+WIDTH_FULL = 6.75
+#: Okabe-Ito colour-blind-safe palette
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+
+def use_style() -> None:
+    plt.style.use(str(STYLE))
+
+
+def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
+    """Write ``name``.pdf and ``name``.png into out_dir (created); return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.pdf", out / f"{name}.png"]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    return paths
