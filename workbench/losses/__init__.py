@@ -3,6 +3,9 @@ derivatives with a finite-difference twin, and loss weightings."""
 
 from .base import Objective, ObjectiveResult, TimeBatch
 from .derivatives import directional_derivative, flow_map_ds, flow_map_dt, flow_map_dx, total_derivative
+from .distillation import EulerianMapDistillation, LagrangianMapDistillation, ProgressiveDistillation
+from .flow_matching import FlowMatching
+from .registry import OBJECTIVES
 from .samplers import (
     BetaPair,
     DiscreteGapSampler,
@@ -13,15 +16,24 @@ from .samplers import (
     n_diagonal,
     sample_times,
 )
+from .self_distillation import EulerianSelfDistillation, LagrangianSelfDistillation, ProgressiveSelfDistillation
 from .weighting import Weighting, apply_weighting
 
 __all__ = [
+    "OBJECTIVES",
     "BetaPair",
     "DiscreteGapSampler",
+    "EulerianMapDistillation",
+    "EulerianSelfDistillation",
+    "FlowMatching",
+    "LagrangianMapDistillation",
+    "LagrangianSelfDistillation",
     "LogitNormalPair",
     "Midpoint",
     "Objective",
     "ObjectiveResult",
+    "ProgressiveDistillation",
+    "ProgressiveSelfDistillation",
     "TimeBatch",
     "UniformIntermediate",
     "UniformTriangle",

@@ -1,0 +1,28 @@
+"""OBJECTIVES: name -> default-configured objective instance.
+
+Customise with ``dataclasses.replace(OBJECTIVES[name], field=value, ...)``; the distillation
+entries (``lmd``, ``emd``, ``pd``) carry ``teacher=None`` and raise a ValueError until a teacher is
+set (``dataclasses.replace(OBJECTIVES["lmd"], teacher=flow)``).
+Defaults follow B25's released configs: linear interpolant, diag_fraction 0.75, (s, t) uniform on
+the triangle, no weighting, LSD/PSD stop-gradient "convex", ESD "full".
+"""
+
+from __future__ import annotations
+
+from .distillation import EulerianMapDistillation, LagrangianMapDistillation, ProgressiveDistillation
+from .flow_matching import FlowMatching
+from .samplers import UniformIntermediate
+from .self_distillation import EulerianSelfDistillation, LagrangianSelfDistillation, ProgressiveSelfDistillation
+
+OBJECTIVES: dict[str, object] = {
+    "fm": FlowMatching(),
+    "lsd": LagrangianSelfDistillation(),
+    "esd": EulerianSelfDistillation(),
+    "psd_midpoint": ProgressiveSelfDistillation(name="psd_midpoint"),
+    "psd_uniform": ProgressiveSelfDistillation(name="psd_uniform", intermediate=UniformIntermediate()),
+    "lmd": LagrangianMapDistillation(),
+    "emd": EulerianMapDistillation(),
+    "pd": ProgressiveDistillation(),
+}
+
+__all__ = ["OBJECTIVES"]

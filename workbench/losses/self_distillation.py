@@ -1,0 +1,159 @@
+"""Self-distillation of a flow map (Boffi, Albergo & Vanden-Eijnden 2025; digest B25 sec. 2).
+
+The model's own diagonal v_{t,t} (trained by flow matching on the diagonal samples) stands in for
+the velocity b in the flow-map characterisations (B25 sec. 1.3). For the off-diagonal samples,
+(s, t) with s <= t, x0 ~ N(0, I), x1 ~ data and I_s = alpha_s x0 + beta_s x1 (the convention of
+this workbench and of B25: t = 0 noise, t = 1 data, maps run forward s -> t):
+
+* LSD  | d_t X_{s,t}(I_s) - v_{t,t}(X_{s,t}(I_s)) |^2                      (Lagrangian, P3)
+* ESD  | d_s X_{s,t}(I_s) + grad X_{s,t}(I_s) v_{s,s}(I_s) |^2              (Eulerian, P4)
+* PSD  | v_{s,t}(I_s) - [(1 - g) v_{s,u}(I_s) + g v_{u,t}(X_{s,u}(I_s))] |^2, u = g s + (1 - g) t (P5')
+
+Stop-gradients follow B25's released code (digest sec. 2.2); targets use the CURRENT parameters
+under stop-gradient (no EMA teacher). Every residual vanishes on the exact flow map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import ObjectiveResult
+from .derivatives import flow_map_ds, flow_map_dt, flow_map_dx
+from .flow_matching import OffDiagonal, SplitConfig, check_choice, evaluate_split, interpolate, norm, squared_error
+from .samplers import Midpoint, get_intermediate, intermediate_time
+
+__all__ = ["EulerianSelfDistillation", "LagrangianSelfDistillation", "ProgressiveSelfDistillation"]
+
+
+@dataclass(frozen=True)
+class LagrangianSelfDistillation(SplitConfig):
+    """"lsd": Lagrangian self-distillation (B25 sec. 2.1, L_LSD; P3 of sec. 1.4):
+
+        off-diagonal:  | d_t X_{s,t}(I_s) - sg( v_{t,t}( sg X_{s,t}(I_s) ) ) |^2
+
+    d_t X is a forward-mode derivative in the scalar t (``method='jvp'``) or its central difference
+    (``'fd'``). ``stopgrad``: ``'convex'`` (B25's choice: the gradient flows only through d_t X),
+    ``'none'`` (everything differentiated, including the target's dependence on X).
+    aux: ``tangent_norm`` |d_t X|, ``target_norm`` |v_{t,t}(X)|, over the off-diagonal samples.
+    """
+
+    name: str = "lsd"
+    stopgrad: str = "convex"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.stopgrad, "stopgrad", ("convex", "none"))
+
+    def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
+        """Per-sample loss (batch,) for data x1 (batch, *event); ``x0`` / ``times`` fix the noise /
+        the times (a TimeBatch with the diagonal samples first) instead of drawing them."""
+        return evaluate_split(self, model, x1, generator, "lsd", self._off_diagonal, x0=x0, times=times)
+
+    def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, _ = interpolate(self.interpolant, s, x0, x1)
+        X, dtX = flow_map_dt(model, s, t, x_s, method=self.method, eps=self.fd_eps)
+        if self.stopgrad == "convex":
+            with torch.no_grad():
+                target = model.velocity(t, X.detach())
+        else:
+            target = model.velocity(t, X)
+        return OffDiagonal(raw=squared_error(dtX, target),
+                           aux={"tangent_norm": norm(dtX), "target_norm": norm(target)})
+
+
+@dataclass(frozen=True)
+class EulerianSelfDistillation(SplitConfig):
+    """"esd": Eulerian self-distillation (B25 sec. 2.1, L_ESD; P4 of sec. 1.4):
+
+        off-diagonal:  | d_s X_{s,t}(I_s) + grad X_{s,t}(I_s) v_{s,s}(I_s) |^2
+
+    d_s X by a forward-mode derivative in s, the advective term grad X . v_{s,s} by a spatial JVP
+    (or central differences with ``method='fd'``). ``stopgrad``: ``'full'`` (B25's choice: sg on the
+    whole advective term, the gradient flows only through d_s X), ``'convex'`` (sg on v_{s,s} only,
+    the gradient also flows through the spatial JVP: "like EMD"), ``'none'`` (everything).
+    aux: ``tangent_norm`` |d_s X|, ``advection_norm`` |grad X v_{s,s}|, ``target_norm`` (= the
+    advection norm: -grad X v_{s,s} is the target of d_s X), over the off-diagonal samples.
+    """
+
+    name: str = "esd"
+    stopgrad: str = "full"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.stopgrad, "stopgrad", ("full", "convex", "none"))
+
+    def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
+        """Per-sample loss (batch,); see :class:`LagrangianSelfDistillation` for ``x0`` / ``times``."""
+        return evaluate_split(self, model, x1, generator, "esd", self._off_diagonal, x0=x0, times=times)
+
+    def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, _ = interpolate(self.interpolant, s, x0, x1)
+        _, dsX = flow_map_ds(model, s, t, x_s, method=self.method, eps=self.fd_eps)
+        if self.stopgrad == "none":
+            b = model.velocity(s, x_s)
+        else:
+            with torch.no_grad():
+                b = model.velocity(s, x_s)
+        if self.stopgrad == "full":
+            with torch.no_grad():
+                _, adv = flow_map_dx(model, s, t, x_s, b, method=self.method, eps=self.fd_eps)
+        else:
+            _, adv = flow_map_dx(model, s, t, x_s, b, method=self.method, eps=self.fd_eps)
+        a = norm(adv)
+        return OffDiagonal(raw=squared_error(dsX, -adv),
+                           aux={"tangent_norm": norm(dsX), "advection_norm": a, "target_norm": a})
+
+
+@dataclass(frozen=True)
+class ProgressiveSelfDistillation(SplitConfig):
+    """"psd_midpoint" / "psd_uniform": progressive self-distillation, v-form with a sg teacher
+    (B25 sec. 2.1 "practical v-form"; P5'):
+
+        off-diagonal:  | v_{s,t}(I_s) - sg[ (1 - g) v_{s,u}(I_s) + g v_{u,t}(X_{s,u}(I_s)) ] |^2,
+                       u = g s + (1 - g) t
+
+    with g = 1/2 (``intermediate='midpoint'``, PSD-M) or g ~ U[0, 1] (``'uniform'``, PSD-U).
+    No derivatives: three forward passes, two without gradient (``stopgrad='convex'``; ``'none'``
+    differentiates the teacher too). ``form='X'`` multiplies the residual by (t - s)^2, i.e. the
+    X-form |X_{s,t}(I_s) - X_{u,t}(X_{s,u}(I_s))|^2 with the same sg teacher. The realised u is in
+    ``result.times.u``. aux: ``student_norm`` |v_{s,t}|, ``target_norm`` |teacher|.
+    """
+
+    name: str = "psd_midpoint"
+    intermediate: object = Midpoint()
+    stopgrad: str = "convex"
+    form: str = "v"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "intermediate", get_intermediate(self.intermediate))
+        check_choice(self.stopgrad, "stopgrad", ("convex", "none"))
+        check_choice(self.form, "form", ("v", "X"))
+
+    def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
+        """Per-sample loss (batch,); see :class:`LagrangianSelfDistillation` for ``x0`` / ``times``."""
+        return evaluate_split(self, model, x1, generator, "psd", self._off_diagonal, x0=x0, times=times)
+
+    def _teacher(self, model, s, u, t, gamma, x_s):
+        X_su = model.flow_map(s, u, x_s)
+        v_su = model.average_velocity(s, u, x_s)
+        v_ut = model.average_velocity(u, t, X_su)
+        g = gamma.reshape(-1, *([1] * (x_s.ndim - 1)))
+        return (1.0 - g) * v_su + g * v_ut
+
+    def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, _ = interpolate(self.interpolant, s, x0, x1)
+        gamma = self.intermediate.sample_gamma(s.shape[0], generator, s.dtype, s.device)
+        u = intermediate_time(s, t, gamma)
+        student = model.average_velocity(s, t, x_s)
+        if self.stopgrad == "convex":
+            with torch.no_grad():
+                target = self._teacher(model, s, u, t, gamma, x_s)
+        else:
+            target = self._teacher(model, s, u, t, gamma, x_s)
+        raw = squared_error(student, target)
+        if self.form == "X":
+            raw = raw * (t - s) ** 2
+        return OffDiagonal(raw=raw, aux={"student_norm": norm(student), "target_norm": norm(target)}, u=u)
