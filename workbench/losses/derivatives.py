@@ -1,5 +1,5 @@
 """Directional derivatives of flow maps: forward mode (``torch.func.jvp``) with a central
-finite-difference twin.
+finite-difference twin (both through :func:`workbench.core.directional_derivative`, re-exported here).
 
 For f(p) and a tangent direction q, the directional derivative is
 
@@ -24,13 +24,13 @@ evaluations run under :func:`workbench.core.value_checks_disabled` (the caller v
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
+from ..core.derivatives import directional_derivative
 from ..core.times import broadcast_time
-from ..core.tolerances import fd_step
-from ..core.validation import check_tensor, value_checks_disabled
+from ..core.validation import check_tensor
 
 __all__ = [
     "METHODS",
@@ -49,42 +49,6 @@ def check_method(method: object) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be 'jvp' (forward mode) or 'fd' (central difference), got {method!r}")
     return method
-
-
-def directional_derivative(
-    fn: Callable[..., torch.Tensor],
-    primals: Sequence[torch.Tensor],
-    tangents: Sequence[torch.Tensor],
-    *,
-    method: str = "jvp",
-    eps: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fn(*primals), D_tangents fn(*primals)) by ``torch.func.jvp`` or a central difference.
-
-    primals, tangents: sequences of tensors of matching shapes; fn returns one tensor.
-    ``eps`` is the finite-difference step h (default ``fd_step(dtype)`` = eps_dtype^(1/3));
-    it is ignored by ``method="jvp"``.
-    """
-    check_method(method)
-    primals, tangents = tuple(primals), tuple(tangents)
-    if len(primals) != len(tangents) or not primals:
-        raise ValueError(f"primals and tangents must be non-empty and of equal length, got {len(primals)} and {len(tangents)}")
-    for i, (p, q) in enumerate(zip(primals, tangents)):
-        check_tensor(p, f"primals[{i}]")
-        check_tensor(q, f"tangents[{i}]")
-        if p.shape != q.shape:
-            raise ValueError(f"tangents[{i}] must have the shape of primals[{i}] {tuple(p.shape)}, got {tuple(q.shape)}")
-    if method == "jvp":
-        q = tuple(qi.to(dtype=pi.dtype) for pi, qi in zip(primals, tangents))
-        return torch.func.jvp(fn, primals, q)
-    h = fd_step(primals[0].dtype) if eps is None else float(eps)
-    if not h > 0:
-        raise ValueError(f"eps (the finite-difference step) must be > 0, got {eps!r}")
-    value = fn(*primals)
-    with value_checks_disabled():
-        plus = fn(*(p + h * q for p, q in zip(primals, tangents)))
-        minus = fn(*(p - h * q for p, q in zip(primals, tangents)))
-    return value, (plus - minus) / (2.0 * h)
 
 
 def _times(model_x: torch.Tensor, s: object, t: object) -> tuple[torch.Tensor, torch.Tensor]:
