@@ -28,7 +28,20 @@ from .derivatives import check_method
 from .samplers import UniformTriangle, check_fraction, n_diagonal, sample_times
 from .weighting import Weighting, get_weighting
 
-__all__ = ["FlowMatching", "OffDiagonal", "SplitConfig", "evaluate_split", "squared_error"]
+__all__ = [
+    "FlowMatching",
+    "OffDiagonal",
+    "SplitConfig",
+    "check_choice",
+    "check_data",
+    "check_model",
+    "diagonal_fm",
+    "draw_noise",
+    "evaluate_split",
+    "interpolate",
+    "norm",
+    "squared_error",
+]
 
 
 # -- small helpers ------------------------------------------------------------------------------------

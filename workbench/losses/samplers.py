@@ -42,9 +42,14 @@ __all__ = [
     "Midpoint",
     "UniformIntermediate",
     "UniformTriangle",
+    "beta",
+    "check_fraction",
     "get_intermediate",
+    "intermediate_time",
     "n_diagonal",
+    "normal",
     "sample_times",
+    "uniform",
 ]
 
 

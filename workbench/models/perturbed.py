@@ -60,7 +60,7 @@ class PerturbedFlowMap(nn.Module):
         d = self.direction(sb, tb, x)
         if d.shape != x.shape:
             raise ValueError(f"direction must return a tensor of x's shape {tuple(x.shape)}, got {tuple(d.shape)}")
-        return sb, tb, self.eps.to(x.dtype) * d
+        return sb, tb, self.eps.to(dtype=x.dtype, device=x.device) * d
 
     def average_velocity(self, s, t, x: torch.Tensor) -> torch.Tensor:
         """v^eps_{s,t}(x) = v_{s,t}(x) + eps d(s, t, x), shape of x."""
