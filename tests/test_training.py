@@ -1,0 +1,396 @@
+"""Training: configs, lr schedule, EMA, gradient statistics, skipping of non-finite steps, divergence,
+atomic and safe checkpoints, the callback API, and the samplers (workbench.sampling)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.core import rel_err, ulps
+from workbench.flows import GaussianFlow
+from workbench.losses import OBJECTIVES, ObjectiveResult
+from workbench.models import ExactFlowMap, make_mlp_flow_map
+from workbench.sampling import (
+    ODE_METHODS,
+    flow_map_trajectory,
+    sample,
+    sample_flow_map,
+    sample_ode,
+    sample_ode_adaptive,
+    time_grid,
+)
+from workbench.training import (
+    EMA,
+    Callback,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    TrainConfig,
+    Trainer,
+    apply_overrides,
+    clip_gradients,
+    grad_stats,
+    list_checkpoints,
+    load_checkpoint,
+    lr_at,
+    read_metrics,
+    save_checkpoint,
+)
+
+GAUSS = DataConfig("gaussian", {"mean": [1.0, -0.5], "cov": [[0.5, 0.2], [0.2, 0.3]]})
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = TrainConfig(
+        model=ModelConfig(hidden=16, depth=2),
+        objective=ObjectiveConfig("fm"),
+        data=GAUSS,
+        optim=OptimConfig(name="adam", lr=1e-3),
+        batch_size=32,
+        steps=12,
+        log_every=1,
+        checkpoint_every=4,
+        keep_checkpoints=10,
+        progress=False,
+        tensorboard=False,
+        device="cpu",
+        ema_rates=(0.9,),
+    )
+    return dataclasses.replace(base, **kw)
+
+
+# -- config ---------------------------------------------------------------------------------------
+def test_config_json_round_trip(tmp_path):
+    cfg = TrainConfig(
+        model=ModelConfig(hidden=32, depth=3, activation="silu", data_std=2.3, learned_weight=True),
+        objective=ObjectiveConfig("lsd", {"diag_fraction": 0.5, "interpolant": "trig"}),
+        data=DataConfig("rings", {"radii": [1.0, 2.0], "noise": 0.1}),
+        optim=OptimConfig(name="adam", lr=3e-4, betas=(0.8, 0.99), schedule="constant", grad_clip=0.0),
+        ema_rates=(0.99, 0.999, 0.9999), dtype="float64", seed=7, bf16=True,
+    )
+    text = json.dumps(cfg.to_dict())
+    assert TrainConfig.from_dict(json.loads(text)) == cfg
+    cfg.save(tmp_path)
+    assert TrainConfig.load(tmp_path) == cfg
+    assert TrainConfig.from_dict({}) == TrainConfig()
+    with pytest.raises(ValueError, match="optim.nope"):
+        TrainConfig.from_dict({"optim": {"nope": 1}})
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: TrainConfig(batch_size=0), "batch_size"),
+        (lambda: TrainConfig(dtype="float16"), "dtype"),
+        (lambda: TrainConfig(ema_rates=(0.9, 1.0)), "ema_rates"),
+        (lambda: TrainConfig(device="tpu"), "device"),
+        (lambda: OptimConfig(lr=-1.0), "optim.lr"),
+        (lambda: OptimConfig(name="sgd"), "optim.name"),
+        (lambda: ModelConfig(hidden=0), "model.hidden"),
+    ],
+)
+def test_config_validation(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_apply_overrides_parses_by_type():
+    cfg = apply_overrides(
+        TrainConfig(),
+        {"lr": "3e-4", "optim.name": "adam", "steps": "2e3", "ema_rates": "0.9,0.99", "bf16": "true",
+         "objective.diag_fraction": "0.5", "objective.interpolant": "trig", "data.variant": "unit"},
+    )
+    assert cfg.optim.lr == 3e-4 and cfg.optim.name == "adam" and cfg.steps == 2000
+    assert cfg.ema_rates == (0.9, 0.99) and cfg.bf16 is True
+    assert cfg.objective.overrides == {"diag_fraction": 0.5, "interpolant": "trig"}
+    assert cfg.data.kwargs == {"variant": "unit"}
+    for bad, match in [({"bogus": "1"}, "unknown option"), ({"name": "x"}, "ambiguous"),
+                       ({"steps": "1.5"}, "steps"), ({"lr": "-1"}, "optim.lr"), ({"bf16": "maybe"}, "bf16")]:
+        with pytest.raises(ValueError, match=match):
+            apply_overrides(TrainConfig(), bad)
+
+
+# -- schedule, EMA, gradients -------------------------------------------------------------------
+def test_lr_schedule_values():
+    cfg = OptimConfig(lr=1e-3, decay_start=100)
+    # lr0 / sqrt(max(k / T, 1)): constant up to T, then 1 / sqrt
+    for k, expected in [(0, 1e-3), (50, 1e-3), (100, 1e-3), (400, 5e-4), (900, 1e-3 / 3), (10_000, 1e-4)]:
+        assert lr_at(k, cfg) == pytest.approx(expected, rel=ulps(torch.float64, 4))
+    assert lr_at(10_000, dataclasses.replace(cfg, schedule="constant")) == 1e-3
+    with pytest.raises(ValueError, match="k must be"):
+        lr_at(-1, cfg)
+
+
+def test_ema_matches_hand_computation():
+    lin = torch.nn.Linear(1, 1, bias=False).double()
+    values = [2.0, -1.0, 0.5, 4.0]
+    with torch.no_grad():
+        lin.weight.fill_(values[0])
+    ema = EMA(lin, (0.5, 0.9))
+    for v in values[1:]:
+        with torch.no_grad():
+            lin.weight.fill_(v)
+        ema.update(lin)
+    for r in (0.5, 0.9):
+        # theta_k = r theta_{k-1} + (1 - r) theta, unrolled by hand from theta_0 = values[0]
+        expected = r**3 * 2.0 + r**2 * (1 - r) * -1.0 + r * (1 - r) * 0.5 + (1 - r) * 4.0
+        got = float(ema.models[r].weight)
+        assert abs(got - expected) <= ulps(torch.float64, 8) * (1 + abs(expected))
+        assert not ema.models[r].weight.requires_grad
+    fresh = EMA(lin, (0.5, 0.9))
+    fresh.load_state_dict(ema.state_dict())
+    assert float(fresh.models[0.9].weight) == float(ema.models[0.9].weight)
+    with pytest.raises(ValueError, match="rates"):
+        fresh.load_state_dict({"0.5": {}})
+
+
+def test_grad_stats_and_clipping_match_torch():
+    torch.manual_seed(0)
+    net = make_mlp_flow_map(2, hidden=8, depth=2).double()
+    x = torch.randn(16, 2, dtype=torch.float64)
+    net.flow_map(0.2, 0.7, x).pow(2).sum().backward()
+    norm, n_bad = grad_stats(net.parameters())
+    flat = torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert float(norm) == pytest.approx(float(flat.norm()), rel=ulps(torch.float64, 64)) and int(n_bad) == 0
+    ref = [p.grad.clone() for p in net.parameters()]
+    max_norm = 0.25 * float(norm)
+    assert clip_gradients(list(net.parameters()), float(norm), max_norm)
+    ref_params = [torch.nn.Parameter(torch.zeros_like(g)) for g in ref]
+    for p, g in zip(ref_params, ref):
+        p.grad = g
+    torch.nn.utils.clip_grad_norm_(ref_params, max_norm)
+    for p, q in zip(net.parameters(), ref_params):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)  # torch adds 1e-6 to the norm
+    assert not clip_gradients(list(net.parameters()), max_norm, max_norm)
+    next(net.parameters()).grad.view(-1)[0] = float("nan")
+    assert int(grad_stats(net.parameters())[1]) == 1
+
+
+# -- non-finite steps ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Poisoned:
+    """Flow matching whose loss (mode "loss") or gradient only (mode "grad") is NaN at chosen calls."""
+
+    bad_calls: frozenset
+    mode: str = "loss"
+    calls: int = 0
+
+    def __call__(self, model, x1, generator=None) -> ObjectiveResult:
+        self.calls += 1
+        res = OBJECTIVES["fm"](model, x1, generator=generator)
+        if self.calls not in self.bad_calls:
+            return res
+        if self.mode == "loss":
+            loss = res.loss * float("nan")
+        else:  # value unchanged, d sqrt(u)/du = inf at u = 0 makes every gradient NaN
+            loss = res.loss + torch.sqrt(res.loss * 0.0)
+        return dataclasses.replace(res, loss=loss)
+
+
+class Snapshots(Callback):
+    def __init__(self):
+        self.params, self.records = {}, {}
+
+    def on_step_end(self, ctx, record):
+        self.params[record.step] = [p.detach().clone() for p in ctx.model.parameters()]
+        self.records[record.step] = record
+
+
+@pytest.mark.parametrize("mode", ["loss", "grad"])
+def test_nonfinite_step_is_skipped_and_never_checkpointed(tmp_path, mode):
+    snap = Snapshots()
+    trainer = Trainer(tiny_config(), tmp_path / "run", objective=Poisoned(frozenset({6}), mode), callbacks=[snap])
+    result = trainer.fit()
+    assert result.status == "completed" and result.skipped_total == 1
+    rec = snap.records[6]
+    assert rec.skipped and not snap.records[5].skipped and not snap.records[7].skipped
+    if mode == "grad":
+        assert math.isfinite(rec.loss) and rec.n_nonfinite_grad > 0
+    else:
+        assert math.isnan(rec.loss)
+    for a, b in zip(snap.params[5], snap.params[6]):
+        assert torch.equal(a, b), "a skipped step changed the weights"
+    assert any(not torch.equal(a, b) for a, b in zip(snap.params[6], snap.params[7]))
+    assert int(trainer.optimizer.state_dict()["state"][0]["step"]) == 11  # 12 steps, one not applied
+    rows = {r["step"]: r for r in read_metrics(tmp_path / "run")}
+    assert rows[6]["skipped"] is True and rows[6]["skipped_total"] == 1 and rows[7]["skipped_total"] == 1
+    ckpts = list_checkpoints(tmp_path / "run")
+    assert [s for s, _ in ckpts] == [4, 8, 12]
+    for _, path in ckpts:
+        state = load_checkpoint(path)
+        for group in ("model",):
+            assert all(torch.isfinite(v).all() for v in state[group].values())
+        assert all(torch.isfinite(v).all() for sd in state["ema"].values() for v in sd.values())
+        assert state["counters"]["skipped_total"] == (0 if state["step"] < 6 else 1)
+
+
+def test_divergence_stops_the_run(tmp_path):
+    cfg = tiny_config(max_consecutive_skips=4, steps=50)
+    trainer = Trainer(cfg, tmp_path / "run", objective=Poisoned(frozenset(range(4, 100))))
+    result = trainer.fit()
+    assert result.status == "diverged" and result.step == 7 and result.skipped_total == 4
+    assert "4 consecutive steps" in result.message
+    last = read_metrics(tmp_path / "run")[-1]
+    assert last["step"] == 7 and last["stopped"] == "diverged" and last["loss"] is None
+    assert max(s for s, _ in list_checkpoints(tmp_path / "run")) == 4  # no checkpoint after the skips
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    good = {"step": 1, "w": torch.arange(3.0)}
+    save_checkpoint(good, tmp_path, 1)
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, tmp_path, 2)
+    monkeypatch.undo()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    assert torch.equal(load_checkpoint(list_checkpoints(tmp_path)[0][1])["w"], good["w"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000000001.pt"]
+    for step in (2, 3, 4):
+        save_checkpoint({"step": step}, tmp_path, step, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    trainer = Trainer(tiny_config(steps=4), tmp_path / "run")
+    trainer.fit()
+    (_, path), = list_checkpoints(tmp_path / "run")
+    state = torch.load(path, weights_only=True)  # tensors and primitive containers only
+    assert set(state) >= {"model", "optimizer", "ema", "scheduler", "rng", "step", "counters"}
+    assert state["rng"]["train"].dtype == torch.uint8
+    bad = tmp_path / "evil.pt"
+    torch.save({"x": _Evil()}, bad)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(bad)
+
+
+# -- callbacks ---------------------------------------------------------------------------------------
+class Probe(Callback):
+    every = 3
+
+    def __init__(self):
+        self.calls, self.events = [], []
+
+    def on_train_start(self, ctx):
+        self.events.append("start")
+        assert set(ctx.ema) == {0.9} and ctx.run_dir.is_dir() and ctx.device.type == "cpu"
+        ctx.log({"probe/start": 1.0})
+
+    def on_step_end(self, ctx, record):
+        self.calls.append(record.step)
+        assert ctx.step == record.step and record.x1.shape == (32, 2) and not record.result.loss.requires_grad
+        assert record.lr == lr_at(record.step - 1, ctx.config.optim)
+        ctx.log({"probe/extra": 2.0})
+        x = ctx.sample_batch(64)  # draws from the callbacks' generator
+        return {"probe/mean": float(x.mean())}
+
+    def on_train_end(self, ctx):
+        self.events.append("end")
+
+
+def test_callback_api(tmp_path):
+    probe = Probe()
+    Trainer(tiny_config(log_every=4), tmp_path / "a", callbacks=[probe]).fit()
+    assert probe.calls == [3, 6, 9, 12] and probe.events == ["start", "end"]
+    rows = read_metrics(tmp_path / "a")
+    assert [r["step"] for r in rows] == [0, 3, 4, 6, 8, 9, 12]  # one line per logged step
+    by_step = {r["step"]: r for r in rows}
+    assert by_step[0] == {"step": 0, "probe/start": 1.0}
+    assert "probe/mean" in by_step[3] and by_step[3]["probe/extra"] == 2.0 and "loss" not in by_step[3]
+    assert "probe/mean" in by_step[12] and "loss" in by_step[12]
+    # callbacks draw from their own generator: the training trajectory is unchanged without them
+    Trainer(tiny_config(log_every=4), tmp_path / "b").fit()
+    plain = {r["step"]: r for r in read_metrics(tmp_path / "b")}
+    for step, row in plain.items():
+        assert row["loss"] == by_step[step]["loss"] and row["grad_norm"] == by_step[step]["grad_norm"]
+
+
+def test_trainer_refuses_an_existing_run(tmp_path):
+    Trainer(tiny_config(steps=1), tmp_path / "run").fit()
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(tiny_config(steps=1), tmp_path / "run")
+
+
+# -- samplers --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gaussian():
+    # a well-conditioned covariance: the asymptotic rates show from N ~ 32 on (a narrow one, whose
+    # c(t) = (1 - t)^2 + t^2 lambda dips low, delays them to N ~ 200 for RK4)
+    flow = GaussianFlow([1.0, -0.5], [[2.0, 0.3], [0.3, 1.0]])
+    x0 = torch.randn(128, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return flow, x0, flow.flow_map(0.0, 1.0, x0)
+
+
+@pytest.mark.parametrize("grid", [1, 2, 3, 8, 50, (0.0, 0.1, 0.15, 0.7, 1.0)])
+def test_flow_map_sampling_of_the_exact_map_is_exact_for_every_grid(gaussian, grid):
+    flow, x0, exact = gaussian
+    model = ExactFlowMap(flow)
+    kw = {"n_steps": grid} if isinstance(grid, int) else {"grid": grid}
+    n = grid if isinstance(grid, int) else len(grid) - 1
+    err = rel_err(sample_flow_map(model, x0, **kw), exact).max()
+    assert float(err) <= ulps(torch.float64, 4 * (n + 1))  # semigroup: only round-off per step
+    traj = flow_map_trajectory(model, x0, **kw)
+    assert traj.shape == (n + 1, 128, 2) and torch.equal(traj[0], x0)
+
+
+def _rate(errs, ns):
+    return -np.polyfit(np.log(ns), np.log(errs), 1)[0]
+
+
+@pytest.mark.parametrize("method,order", [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_ode_sampling_converges_at_its_order(gaussian, method, order):
+    flow, x0, exact = gaussian
+    ns = [64, 128, 256] if order < 4 else [32, 64, 128]
+    errs = [float(rel_err(sample_ode(flow, x0, method=method, n_steps=n), exact).mean()) for n in ns]
+    assert abs(_rate(errs, ns) - order) < 0.15, errs
+    # the model's own diagonal velocity gives the same solution as the flow's
+    torch.testing.assert_close(sample_ode(ExactFlowMap(flow), x0, method=method, n_steps=4),
+                               sample_ode(flow, x0, method=method, n_steps=4), rtol=0, atol=0)
+
+
+def test_adaptive_ode_sampling_meets_its_tolerance(gaussian):
+    flow, x0, exact = gaussian
+    errs = []
+    for rtol in (1e-6, 1e-9):
+        res = sample_ode_adaptive(flow, x0, rtol=rtol, atol=rtol * 1e-2)
+        errs.append(float(rel_err(res.x, exact).max()))
+        assert errs[-1] < 10 * rtol and res.n_steps > 0 and res.nfev == 1 + 6 * (res.n_steps + res.n_rejected)
+    assert errs[1] < errs[0]
+    back = sample_ode_adaptive(flow, exact, s=1.0, t=0.0, rtol=1e-10, atol=1e-12)
+    assert float(rel_err(back.x, x0).max()) < 1e-8
+    with pytest.raises(RuntimeError, match="max_steps"):
+        sample_ode_adaptive(flow, x0, rtol=1e-12, atol=1e-14, max_steps=3)
+
+
+def test_sampler_inputs_and_convenience():
+    with pytest.raises(ValueError, match="exactly one"):
+        time_grid()
+    with pytest.raises(ValueError, match="strictly"):
+        time_grid(grid=[0.0, 0.5, 0.5, 1.0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        time_grid(grid=[0.0, 1.5])
+    with pytest.raises(ValueError, match="method"):
+        sample_ode(GaussianFlow([0.0], [[1.0]]), torch.zeros(2, 1), method="rk9", n_steps=2)
+    torch.testing.assert_close(time_grid(4), torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+    assert sorted(ODE_METHODS) == ["euler", "heun", "midpoint", "rk4"]
+    torch.manual_seed(0)
+    model = make_mlp_flow_map(2, hidden=8, depth=1)
+    x = sample(model, 10, n_steps=3, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (10, 2) and not x.requires_grad and x.dtype == torch.float32

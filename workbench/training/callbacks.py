@@ -1,0 +1,164 @@
+"""Callbacks: how diagnostics reach into training without changing it.
+
+    class Callback:
+        every: int = 1                                     # cadence of on_step_end, in steps
+        def on_train_start(self, ctx: TrainContext) -> None
+        def on_step_end(self, ctx: TrainContext, record: StepRecord) -> dict[str, float] | None
+        def on_train_end(self, ctx: TrainContext) -> None
+
+Metrics returned by ``on_step_end`` are logged at that step (metrics.jsonl and TensorBoard),
+in the same JSON line as the trainer's own. ``on_step_end`` runs at every step with
+``step % every == 0``, skipped steps included (``record.skipped``); ``on_train_start`` runs at
+the start of every session (also after a resume, with ``ctx.step`` the resumed step).
+
+Randomness: ``ctx.generator`` (and ``ctx.sample_batch``) draw from a generator of their own,
+separate from the training stream and saved in checkpoints, so attaching a callback never
+changes the training trajectory and resumed runs stay bit-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ..losses.base import ObjectiveResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data import DataSource
+    from .config import TrainConfig
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What happened at one optimiser step (``step`` = number of steps taken, 1-based).
+
+    loss: batch mean of ``result.loss``; terms: batch mean of each non-empty term; grad_norm:
+    global gradient norm before clipping (NaN when the loss was not finite); clipped: whether
+    clipping scaled the gradient; n_nonfinite_grad: NaN/inf gradient entries; skipped: the update
+    was not applied (non-finite loss or gradient); lr: learning rate of this step; seconds: wall
+    time of the step; result: the ObjectiveResult, detached; x1: the data batch.
+    """
+
+    step: int
+    loss: float
+    terms: dict[str, float]
+    grad_norm: float
+    clipped: bool
+    n_nonfinite_grad: int
+    skipped: bool
+    lr: float
+    seconds: float
+    result: ObjectiveResult
+    x1: torch.Tensor
+
+
+class TrainContext:
+    """The trainer's state as callbacks see it (plain attributes; do not reassign them).
+
+    model, ema (dict rate -> averaged model), objective, optimizer, config, run_dir (Path),
+    device, dtype, data (DataSource), generator (the callbacks' generator), step (steps taken).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        ema: dict[float, torch.nn.Module],
+        objective: Any,
+        optimizer: torch.optim.Optimizer,
+        config: "TrainConfig",
+        run_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        data: "DataSource",
+        generator: torch.Generator,
+        logger: Callable[[dict, int], None],
+        step: int = 0,
+    ) -> None:
+        self.model = model
+        self.ema = ema
+        self.objective = objective
+        self.optimizer = optimizer
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.dtype = dtype
+        self.data = data
+        self.generator = generator
+        self.step = step
+        self._logger = logger
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log metrics at ``step`` (default: the current step; merged into that step's line)."""
+        self._logger(dict(metrics), self.step if step is None else int(step))
+
+    def sample_batch(self, n: int) -> torch.Tensor:
+        """n fresh data samples x1 (n, dim) in the run's dtype and device, from ``ctx.generator``."""
+        return self.data.sample(n, self.generator, dtype=self.dtype, device=self.device)
+
+
+class Callback:
+    """Base class with no-op hooks; subclass and override what you need."""
+
+    every: int = 1
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        return None
+
+    def on_step_end(self, ctx: TrainContext, record: StepRecord) -> dict[str, float] | None:
+        return None
+
+    def on_train_end(self, ctx: TrainContext) -> None:
+        return None
+
+
+class FlowMapErrorCallback(Callback):
+    """Distance of the model's flow map to an analytic oracle on a fixed evaluation set.
+
+    At ``on_train_start`` draws, from its own generator seeded by ``seed``, n pairs s <= t
+    uniform on the triangle (t capped at ``t_max``) and x ~ p_s (``flow.sample_marginal``). Every
+    ``every`` steps it logs, for the online model and each EMA, the root-mean-square error
+    ``sqrt(mean |X_hat_{s,t}(x) - X_{s,t}(x)|^2)`` (key ``oracle/map_rmse``, EMA keys
+    ``oracle/ema<rate>/map_rmse``) and the same for the one-step map X_{0,t_max} from x0 ~ N(0, I)
+    (``oracle/map01_rmse``), and at step 0 the same at initialisation. The oracle is evaluated
+    once, in float64.
+    """
+
+    def __init__(self, flow: Any, every: int = 100, n: int = 2048, seed: int = 0, t_max: float = 1.0) -> None:
+        if not (hasattr(flow, "flow_map") and hasattr(flow, "sample_marginal")):
+            raise TypeError(f"flow must provide flow_map and sample_marginal, got {type(flow).__name__}")
+        if getattr(flow, "singular_at_data", False) and t_max >= 1.0:
+            t_max = 1.0 - 1e-3
+        self.flow, self.every, self.n, self.seed, self.t_max = flow, int(every), int(n), int(seed), float(t_max)
+        self._eval: tuple[torch.Tensor, ...] | None = None
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        st = torch.rand(self.n, 2, generator=g, dtype=torch.float64).sort(dim=1).values * self.t_max
+        s, t = st[:, 0], st[:, 1]
+        x = self.flow.sample_marginal(s, self.n, g, dtype=torch.float64)
+        x0 = torch.randn(self.n, self.flow.dim, generator=g, dtype=torch.float64)
+        ref, ref01 = self.flow.flow_map(s, t, x), self.flow.flow_map(0.0, self.t_max, x0)
+        self._eval = tuple(v.to(device=ctx.device, dtype=ctx.dtype) for v in (s, t, x, ref, x0, ref01))
+        if ctx.step == 0:  # the error at initialisation, logged at step 0
+            ctx.log(self.on_step_end(ctx, None), 0)
+
+    @torch.no_grad()
+    def errors(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(RMSE over the triangle, RMSE of the one-step map) of ``model`` on the evaluation set."""
+        s, t, x, ref, x0, ref01 = self._eval
+        err = (model.flow_map(s, t, x).double() - ref.double()).pow(2).sum(-1).mean().sqrt()
+        err01 = (model.flow_map(0.0, self.t_max, x0).double() - ref01.double()).pow(2).sum(-1).mean().sqrt()
+        return float(err), float(err01)
+
+    def on_step_end(self, ctx: TrainContext, record: StepRecord | None) -> dict[str, float]:
+        out = {}
+        for tag, model in [("", ctx.model)] + [(f"ema{r}/", m) for r, m in ctx.ema.items()]:
+            was_training = model.training
+            model.eval()
+            out[f"oracle/{tag}map_rmse"], out[f"oracle/{tag}map01_rmse"] = self.errors(model)
+            model.train(was_training)
+        return out

@@ -1,0 +1,301 @@
+"""Frozen-dataclass configs of a training run, saved as ``config.json`` in the run directory.
+
+``TrainConfig.to_dict()`` / ``TrainConfig.from_dict()`` round-trip through JSON exactly;
+``apply_overrides(config, {"optim.lr": "3e-4", ...})`` is the thin layer the command line uses
+(string values parsed by the field's type; keys may be dotted paths or unique leaf names; keys
+below ``objective.`` and ``data.`` other than ``name`` become objective overrides / data keywords).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+CONFIG_FILE = "config.json"
+
+
+def _require(cond: bool, name: str, expected: str, value: object) -> None:
+    if not cond:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Arguments of ``workbench.models.make_mlp_flow_map`` (the only ``kind`` so far: "mlp")."""
+
+    kind: str = "mlp"
+    hidden: int = 256
+    depth: int = 4
+    activation: str = "gelu"
+    time_embedding: str = "sinusoidal"
+    data_std: float = 1.0
+    learned_weight: bool = False
+    zero_init: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.kind == "mlp", "model.kind", "'mlp'", self.kind)
+        _require(_is_int(self.hidden) and self.hidden > 0, "model.hidden", "a positive int", self.hidden)
+        _require(_is_int(self.depth) and self.depth > 0, "model.depth", "a positive int", self.depth)
+        _require(_is_num(self.data_std) and self.data_std > 0, "model.data_std", "a number > 0", self.data_std)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """An entry of ``workbench.losses.OBJECTIVES`` and field overrides for ``dataclasses.replace``.
+
+    Override values are JSON values; ``interpolant`` may be a name ("linear", "trig") and
+    ``teacher`` may be "data" (the data source's analytic flow, ``data.as_flow()``).
+    """
+
+    name: str = "lsd"
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and bool(self.name), "objective.name", "a non-empty str", self.name)
+        _require(isinstance(self.overrides, dict), "objective.overrides", "a dict", self.overrides)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``workbench.data.get_data(name, **kwargs)``."""
+
+    name: str = "checkerboard"
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and bool(self.name), "data.name", "a non-empty str", self.name)
+        _require(isinstance(self.kwargs, dict), "data.kwargs", "a dict", self.kwargs)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, learning-rate schedule and gradient clipping (B25 digest 5.3).
+
+    schedule "sqrt": lr(k) = lr / sqrt(max(k / decay_start, 1)) after k completed updates
+    (constant for ``decay_start`` updates, then inverse square root); "constant": lr(k) = lr.
+    ``grad_clip`` > 0 clips the global gradient norm to that value; 0 disables clipping.
+    """
+
+    name: str = "radam"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    schedule: str = "sqrt"
+    decay_start: int = 35_000
+    grad_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.name in ("adam", "radam"), "optim.name", "'adam' or 'radam'", self.name)
+        _require(_is_num(self.lr) and self.lr > 0, "optim.lr", "a number > 0", self.lr)
+        _require(
+            isinstance(self.betas, tuple) and len(self.betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in self.betas),
+            "optim.betas", "two numbers in [0, 1)", self.betas,
+        )
+        _require(_is_num(self.eps) and self.eps > 0, "optim.eps", "a number > 0", self.eps)
+        _require(_is_num(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", "a number >= 0", self.weight_decay)
+        _require(self.schedule in ("sqrt", "constant"), "optim.schedule", "'sqrt' or 'constant'", self.schedule)
+        _require(_is_int(self.decay_start) and self.decay_start > 0, "optim.decay_start", "a positive int", self.decay_start)
+        _require(_is_num(self.grad_clip) and self.grad_clip >= 0, "optim.grad_clip", "a number >= 0 (0 = off)", self.grad_clip)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. ``device`` "auto" means cuda when available, else cpu;
+    ``bf16`` enables bfloat16 autocast on CUDA only; cadences are in optimiser steps (0 = never);
+    ``eval_every`` is the cadence of the oracle-error callback the command line attaches when the
+    data source has an analytic flow; a run stops after ``max_consecutive_skips`` consecutive
+    non-finite steps."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 1024
+    steps: int = 1000
+    seed: int = 42
+    device: str = "auto"
+    dtype: str = "float32"
+    bf16: bool = False
+    ema_rates: tuple[float, ...] = (0.999, 0.9999)
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    max_consecutive_skips: int = 20
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for name, cls in (("model", ModelConfig), ("objective", ObjectiveConfig), ("data", DataConfig), ("optim", OptimConfig)):
+            _require(isinstance(getattr(self, name), cls), name, f"a {cls.__name__}", getattr(self, name))
+        for name in ("batch_size", "steps", "log_every", "keep_checkpoints", "max_consecutive_skips"):
+            v = getattr(self, name)
+            _require(_is_int(v) and v > 0, name, "a positive int", v)
+        for name in ("checkpoint_every", "eval_every", "seed"):
+            v = getattr(self, name)
+            _require(_is_int(v) and v >= 0, name, "an int >= 0", v)
+        _require(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda"),
+                 "device", "'auto', 'cpu' or 'cuda[:k]'", self.device)
+        _require(self.dtype in ("float32", "float64"), "dtype", "'float32' or 'float64'", self.dtype)
+        _require(
+            isinstance(self.ema_rates, tuple) and all(_is_num(r) and 0 < r < 1 for r in self.ema_rates)
+            and len(set(self.ema_rates)) == len(self.ema_rates),
+            "ema_rates", "a tuple of distinct numbers in (0, 1)", self.ema_rates,
+        )
+        for name in ("bf16", "progress", "tensorboard"):
+            _require(isinstance(getattr(self, name), bool), name, "a bool", getattr(self, name))
+
+    # -- JSON round trip ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, d, "")
+
+    def save(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "TrainConfig":
+        path = Path(run_dir)
+        path = path / CONFIG_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ValueError(f"no {CONFIG_FILE} in {run_dir}; is it a run directory?")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls, d: Mapping[str, Any], prefix: str):
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{prefix or 'config'} must be a JSON object, got {d!r}")
+    hints = _hints(cls)
+    unknown = set(d) - set(hints)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; known: {sorted(prefix + k for k in hints)}")
+    kw = {}
+    for k, v in d.items():
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kw[k] = _from_dict(tp, v, prefix + k + ".")
+        elif typing.get_origin(tp) is tuple and isinstance(v, list):
+            kw[k] = tuple(v)
+        else:
+            kw[k] = v
+    return cls(**kw)
+
+
+# -- overrides from the command line ----------------------------------------------------------------
+_SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "optim": OptimConfig}
+_OPEN = {"objective": "overrides", "data": "kwargs"}  # sections whose other keys go into a dict
+
+
+def _json_or_str(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_value(text: str, tp: Any, key: str) -> Any:
+    """Parse a command-line string as a value of type ``tp`` (int, float, bool, str, tuple, dict)."""
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            f = float(text)
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+        if tp is float:
+            return float(text)
+        if tp is str:
+            return text
+        if origin is tuple:
+            items = json.loads(text) if text.strip().startswith("[") else [p for p in text.split(",") if p.strip()]
+            return tuple(float(p) for p in items)
+        if tp is dict or origin is dict:
+            v = json.loads(text)
+            if not isinstance(v, dict):
+                raise ValueError
+            return v
+    except (ValueError, json.JSONDecodeError):
+        pass
+    raise ValueError(f"--{key}: cannot parse {text!r} as {getattr(tp, '__name__', tp)}")
+
+
+def config_keys() -> list[str]:
+    """All settable dotted keys (the open sections accept further ``objective.*`` / ``data.*`` keys)."""
+    keys = []
+    for k, tp in _hints(TrainConfig).items():
+        if dataclasses.is_dataclass(tp):
+            keys += [f"{k}.{sub}" for sub in _hints(tp)]
+        else:
+            keys.append(k)
+    return keys
+
+
+def _resolve_key(key: str) -> str:
+    known = config_keys()
+    if key in known or key.split(".")[0] in _OPEN and "." in key:
+        return key
+    matches = [k for k in known if k.split(".")[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ValueError(f"--{key} is ambiguous; use one of {['--' + m for m in matches]}")
+    raise ValueError(f"unknown option --{key}; known keys: {', '.join(known)} (plus objective.<field>, data.<kwarg>)")
+
+
+def apply_overrides(config: TrainConfig, overrides: Mapping[str, str]) -> TrainConfig:
+    """Return ``config`` with string overrides applied, e.g. ``{"lr": "3e-4", "objective.diag_fraction": "0.5"}``.
+
+    Raises ValueError naming the key for unknown keys and unparsable or invalid values.
+    """
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for raw_key, text in overrides.items():
+        key = _resolve_key(raw_key)
+        if "." not in key:
+            top[key] = parse_value(text, _hints(TrainConfig)[key], key)
+            continue
+        sec, sub = key.split(".", 1)
+        hints = _hints(_SECTIONS[sec])
+        if sub in hints:
+            sections.setdefault(sec, {})[sub] = parse_value(text, hints[sub], key)
+        else:  # an objective override or a data keyword
+            open_field = _OPEN[sec]
+            current = dict(sections.get(sec, {}).get(open_field, getattr(getattr(config, sec), open_field)))
+            current[sub] = _json_or_str(text)
+            sections.setdefault(sec, {})[open_field] = current
+    try:
+        for sec, kw in sections.items():
+            top[sec] = dataclasses.replace(getattr(config, sec), **kw)
+        return dataclasses.replace(config, **top)
+    except ValueError as err:
+        raise ValueError(f"bad value: {err}") from err
