@@ -353,3 +353,19 @@ def test_bad_input(flow):
         m.flow_map(0.0, 0.5, torch.zeros(3, 3, dtype=F64))
     with pytest.raises(ValueError, match="s must lie in"):
         m.flow_map(-0.5, 0.5, torch.zeros(3, 2, dtype=F64))
+
+
+def test_generic_maps_on_a_mixture():
+    """The flow-agnostic factories on a Gaussian mixture (ODE-oracle flow map, its own denoiser)."""
+    from workbench.flows.gmm import GaussianMixtureFlow
+
+    f = GaussianMixtureFlow([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [[[0.1, 0.0], [0.0, 0.1]], [[0.2, 0.05], [0.05, 0.1]]])
+    x = f.sample_marginal(0.2, 8, torch.Generator().manual_seed(11))
+    ode_tol = 1e-7  # three oracle solves at the oracle's default accuracy (~1e-9 relative each)
+    for m in (time_oscillation(f), time_warped_flow(f), trajectory_collapse(f)):
+        X = m.flow_map(0.2, 0.9, x)
+        assert float(rel(m.flow_map(0.55, 0.9, m.flow_map(0.2, 0.55, x)), X).max()) < ode_tol, m.name
+    assert float(rel(denoiser_step(f).flow_map(0.2, 1.0, x), f.denoiser(0.2, x)).max()) < TINY
+    assert torch.equal(euler_step(f).velocity(0.2, x), f.velocity(0.2, x))
+    assert set(degenerate_maps(f)) == {"identity", "trajectory_collapse", "euler_step", "denoiser_step",
+                                       "time_oscillation", "time_warped_flow"}

@@ -197,7 +197,8 @@ def per_sample_grad_norms(model: nn.Module, loss_fn: Callable[..., torch.Tensor]
 def _bin_index(key: torch.Tensor, edges: torch.Tensor, name: str) -> torch.Tensor:
     lo, hi = float(edges[0]), float(edges[-1])
     if bool((key < lo).any()) or bool((key > hi).any()):
-        raise ValueError(f"{name} must lie in [{lo}, {hi}], got [{float(key.min())}, {float(key.max())}]; widen the range")
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got [{float(key.min())}, {float(key.max())}]; "
+                         "widen the range")
     idx = torch.searchsorted(edges, key.contiguous(), right=True) - 1
     return idx.clamp(0, edges.numel() - 2)  # the upper edge belongs to the last bin (numpy convention)
 
@@ -232,7 +233,8 @@ def _binned(values: torch.Tensor, keys: Sequence[tuple[torch.Tensor, str]], bins
     edges, flat = [], torch.zeros_like(values, dtype=torch.long)
     for (key, name), nb, (lo, hi) in zip(keys, bins, ranges):
         if isinstance(nb, bool) or not isinstance(nb, int) or nb < 1 or not hi > lo:
-            raise ValueError(f"bins for {name} must be a positive int and its range (lo, hi) with hi > lo, got {nb}, {(lo, hi)}")
+            raise ValueError(f"bins for {name} must be a positive int and its range (lo, hi) with hi > lo, "
+                             f"got {nb}, {(lo, hi)}")
         key = check_tensor(key, name).detach().reshape(-1).to(device=values.device, dtype=torch.float64)
         if key.numel() != values.numel():
             raise ValueError(f"{name} must have one entry per value ({values.numel()}), got {key.numel()}")

@@ -23,13 +23,14 @@ I_t = alpha_t x0 + beta_t x1 with m_t = beta_t mu and C_t = alpha_t^2 I + beta_t
 | mean_shift             | x + m_t - m_s                                   | m'_t = beta'_t mu                 |
 | euler_step             | x + (t - s) b_s(x)                              | b_t(x)                            |
 | denoiser_step          | (alpha_t/alpha_s)(x - beta_s D_s(x)) + beta_t D_s(x) | b_t(x) (by G1)              |
-| time_oscillation       | X_{s,t}(x - eps sin(w s) e) + eps sin(w t) e    | b_t(x - eps sin(w t) e) + eps w cos(w t) e |
+| time_oscillation       | X_{s,t}(x - eps sin(w s) e) + eps sin(w t) e    | b_t(x - eps sin(w t) e)           |
+|                        |                                                 |   + eps w cos(w t) e              |
 | time_warped_flow       | X_{theta(s), theta(t)}(x), theta(t) = t + c t (1 - t) | theta'(t) b_{theta(t)}(x)   |
 
-Only the map sampled at (s, t) with s != t is of the form x + (t - s) v; maps that break
-X_{t,t} = id (the two collapses) have no bounded average velocity on the diagonal, and there
-``average_velocity`` returns the own tangent (as for every other map) while ``flow_map(t, t, x)``
-returns the collapsed point.
+Off the diagonal every map is x + (t - s) v_{s,t}(x) with v its secant (``average_velocity``); on
+the diagonal ``average_velocity`` returns the own tangent. The two collapses break X_{t,t} = id, so
+for them alone ``flow_map(t, t, x)`` (the collapsed point) is not x + 0 * v: they have no bounded
+average velocity near the diagonal.
 """
 
 from __future__ import annotations
@@ -328,7 +329,8 @@ def time_oscillation(flow: object, amplitude: float = 0.02, frequency: float = 8
     _require_flow(flow)
     if not (math.isfinite(amplitude) and math.isfinite(frequency) and frequency > 0):
         raise ValueError(f"amplitude must be finite and frequency > 0, got {amplitude!r}, {frequency!r}")
-    e = torch.ones(flow.dim, dtype=torch.float64) if direction is None else torch.as_tensor(direction, dtype=torch.float64)
+    e = torch.ones(flow.dim) if direction is None else torch.as_tensor(direction)
+    e = e.to(torch.float64)
     if e.shape != (flow.dim,) or not float(e.norm()) > 0:
         raise ValueError(f"direction must be a non-zero vector of shape ({flow.dim},), got {e.tolist()}")
     e = e / e.norm()
