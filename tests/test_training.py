@@ -43,6 +43,7 @@ from workbench.training import (
     read_metrics,
     save_checkpoint,
 )
+from workbench.training.optim import scheduled_value
 
 GAUSS = DataConfig("gaussian", {"mean": [1.0, -0.5], "cov": [[0.5, 0.2], [0.2, 0.3]]})
 
@@ -70,7 +71,8 @@ def tiny_config(**kw) -> TrainConfig:
 def test_config_json_round_trip(tmp_path):
     cfg = TrainConfig(
         model=ModelConfig(hidden=32, depth=3, activation="silu", data_std=2.3, learned_weight=True),
-        objective=ObjectiveConfig("lsd", {"diag_fraction": 0.5, "interpolant": "trig"}),
+        objective=ObjectiveConfig("lsd", {"diag_fraction": 0.5, "interpolant": "trig"},
+                                  {"diag_fraction": {"kind": "linear", "start": 1.0, "end": 0.5, "steps": 9}}),
         data=DataConfig("rings", {"radii": [1.0, 2.0], "noise": 0.1}),
         optim=OptimConfig(name="adam", lr=3e-4, betas=(0.8, 0.99), schedule="constant", grad_clip=0.0),
         ema_rates=(0.99, 0.999, 0.9999), dtype="float64", seed=7, bf16=True,
@@ -115,6 +117,24 @@ def test_apply_overrides_parses_by_type():
                        ({"steps": "1.5"}, "steps"), ({"lr": "-1"}, "optim.lr"), ({"bf16": "maybe"}, "bf16")]:
         with pytest.raises(ValueError, match=match):
             apply_overrides(TrainConfig(), bad)
+
+
+def test_objective_field_schedules(tmp_path):
+    lin = {"kind": "linear", "start": 1.0, "end": 0.5, "steps": 8}
+    geo = {"kind": "geometric", "start": 0.1, "factor": 0.5, "every": 3, "lo": 0.02}
+    assert [scheduled_value(lin, k) for k in (0, 4, 8, 100)] == [1.0, 0.75, 0.5, 0.5]
+    assert [scheduled_value(geo, k) for k in (0, 2, 3, 6, 9, 30)] == [0.1, 0.1, 0.05, 0.025, 0.02, 0.02]
+    with pytest.raises(ValueError, match="schedules"):
+        ObjectiveConfig("lsd", schedules={"diag_fraction": {"kind": "linear", "start": 1.0}})
+    # the trainer applies the schedule: the realised diagonal fraction of LSD follows it
+    cfg = tiny_config(objective=ObjectiveConfig("lsd", schedules={"diag_fraction": lin}), steps=10, checkpoint_every=0)
+    Trainer(cfg, tmp_path / "run").fit()
+    for row in read_metrics(tmp_path / "run"):
+        frac = 1.0 - 0.5 * min((row["step"] - 1) / 8, 1.0)
+        assert row["objective/diag_fraction"] == frac
+        assert row["times/frac_diag"] == math.floor(32 * frac + 1e-9) / 32
+    with pytest.raises(ValueError, match="unknown field"):
+        Trainer(tiny_config(objective=ObjectiveConfig("fm", schedules={"nope": lin})), tmp_path / "bad")
 
 
 # -- schedule, EMA, gradients -------------------------------------------------------------------

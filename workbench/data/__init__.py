@@ -25,7 +25,7 @@ def _point_mass(a=(1.0, 0.0), interpolant=None) -> FlowData:
 
 def _gmm(weights, means, covs, interpolant=None) -> FlowData:
     try:
-        from ..flows import GaussianMixtureFlow
+        from ..flows.gmm import GaussianMixtureFlow
     except ImportError as err:  # pragma: no cover - depends on the flows layer
         raise ValueError("data 'gmm' needs workbench.flows.GaussianMixtureFlow, which is not available") from err
     return FlowData(GaussianMixtureFlow(weights, means, covs, interpolant=interpolant), name="gmm")

@@ -133,7 +133,7 @@ class EightGaussians:
     def as_flow(self):
         """The same law as a ``workbench.flows.GaussianMixtureFlow`` (exact velocity, ODE map)."""
         try:
-            from ..flows import GaussianMixtureFlow
+            from ..flows.gmm import GaussianMixtureFlow
         except ImportError as err:  # pragma: no cover - depends on the flows layer
             raise ValueError("as_flow needs workbench.flows.GaussianMixtureFlow, which is not available") from err
         k = self.n_modes
@@ -217,7 +217,7 @@ class Rings:
         if self.noise > 0:
             raise ValueError("Rings with noise > 0 have no closed-form flow; use noise=0")
         try:
-            from ..flows import RingsFlow
+            from ..flows.rings import RingsFlow
         except ImportError as err:  # pragma: no cover - depends on the flows layer
             raise ValueError("as_flow needs workbench.flows.RingsFlow, which is not available") from err
         return RingsFlow(list(self.radii), list(self.weights))

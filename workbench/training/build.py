@@ -75,3 +75,13 @@ def build_objective(cfg: ObjectiveConfig, data: Any = None) -> Any:
         return dataclasses.replace(base, **kw)
     except (TypeError, ValueError) as err:
         raise ValueError(f"bad override for objective {cfg.name!r}: {err}") from err
+
+
+def check_schedules(objective: Any, schedules: dict) -> None:
+    """Every scheduled field must be a field of the objective (a dataclass)."""
+    if not schedules:
+        return
+    fields = {f.name for f in dataclasses.fields(objective)} if dataclasses.is_dataclass(objective) else set()
+    unknown = set(schedules) - fields
+    if unknown:
+        raise ValueError(f"objective.schedules names unknown field(s) {sorted(unknown)}; the objective's fields are {sorted(fields)}")

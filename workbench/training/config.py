@@ -58,14 +58,40 @@ class ObjectiveConfig:
 
     Override values are JSON values; ``interpolant`` may be a name ("linear", "trig") and
     ``teacher`` may be "data" (the data source's analytic flow, ``data.as_flow()``).
+    ``schedules`` maps a numeric objective field to a schedule over training (see
+    :func:`check_schedule`), e.g. sCM's tangent warm-up ``{"warmup": {"kind": "linear", "start":
+    0, "end": 1, "steps": 10000}}`` or iCT's gap halving ``{"delta": {"kind": "geometric",
+    "start": 0.1, "factor": 0.5, "every": 2000, "lo": 0.001}}``.
     """
 
     name: str = "lsd"
     overrides: dict = field(default_factory=dict)
+    schedules: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "objective.name", "a non-empty str", self.name)
         _require(isinstance(self.overrides, dict), "objective.overrides", "a dict", self.overrides)
+        _require(isinstance(self.schedules, dict), "objective.schedules", "a dict field -> schedule", self.schedules)
+        for key, spec in self.schedules.items():
+            check_schedule(f"objective.schedules[{key!r}]", spec)
+
+
+_SCHEDULE_KEYS = {"linear": {"start", "end", "steps"}, "geometric": {"start", "factor", "every"}}
+
+
+def check_schedule(name: str, spec: object) -> None:
+    """A schedule of an objective field over completed updates k (applied by the trainer each step):
+    ``{"kind": "linear", "start": a, "end": b, "steps": n}`` or
+    ``{"kind": "geometric", "start": a, "factor": f, "every": n[, "lo": l][, "hi": h]}``."""
+    kinds = " or ".join(f"{{'kind': {k!r}, " + ", ".join(f"{f!r}: ..." for f in sorted(v)) + "}" for k, v in _SCHEDULE_KEYS.items())
+    ok = isinstance(spec, dict) and spec.get("kind") in _SCHEDULE_KEYS
+    if ok:
+        need = _SCHEDULE_KEYS[spec["kind"]]
+        allowed = need | {"kind"} | ({"lo", "hi"} if spec["kind"] == "geometric" else set())
+        ok = need <= set(spec) <= allowed and all(_is_num(spec[k]) for k in set(spec) - {"kind"})
+        count = spec.get("steps", spec.get("every"))
+        ok = ok and _is_int(count) and count > 0
+    _require(ok, name, kinds, spec)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import torch
 
-from .config import OptimConfig
+from .config import OptimConfig, check_schedule
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -58,3 +58,16 @@ def clip_gradients(params: Iterable[torch.nn.Parameter], total_norm: float, max_
         if p.grad is not None:
             p.grad.mul_(scale)
     return True
+
+
+def scheduled_value(spec: dict, k: int) -> float:
+    """Value of an objective-field schedule after k completed updates (see ``ObjectiveConfig``).
+
+    linear:    start + (end - start) min(k / steps, 1)
+    geometric: clip(start factor^floor(k / every), lo, hi)   (iCT halves the gap: factor 0.5)
+    """
+    check_schedule("schedule", spec)
+    if spec["kind"] == "linear":
+        return spec["start"] + (spec["end"] - spec["start"]) * min(k / spec["steps"], 1.0)
+    value = spec["start"] * spec["factor"] ** (k // spec["every"])
+    return min(max(value, spec.get("lo", -math.inf)), spec.get("hi", math.inf))

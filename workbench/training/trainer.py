@@ -15,6 +15,7 @@ every checkpoint, so resuming from a checkpoint continues bit-identically on CPU
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import platform
@@ -29,13 +30,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..losses.base import ObjectiveResult, TimeBatch
-from .build import DTYPES, build_model, build_objective, resolve_device
+from .build import DTYPES, build_model, build_objective, check_schedules, resolve_device
 from .callbacks import Callback, StepRecord, TrainContext
 from .checkpoint import list_checkpoints, load_latest, rng_state, save_checkpoint, set_rng_state
 from .config import CONFIG_FILE, TrainConfig
 from .ema import EMA
 from .metrics import MetricsLog, truncate_metrics
-from .optim import clip_gradients, grad_stats, lr_at, make_optimizer
+from .optim import clip_gradients, grad_stats, lr_at, make_optimizer, scheduled_value
 
 CHECKPOINT_FORMAT = 1
 CALLBACK_SEED_OFFSET = 1
@@ -106,6 +107,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = (model if model is not None else build_model(cfg.model, data.dim)).to(self.device, self.dtype)
         self.objective = objective if objective is not None else build_objective(cfg.objective, data)
+        check_schedules(self.objective, cfg.objective.schedules)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
         self.ema = EMA(self.model, cfg.ema_rates)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -196,11 +198,14 @@ class Trainer:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _scheduled(self, step: int) -> dict[str, float]:
+        """Values of the scheduled objective fields for optimiser step ``step`` (1-based)."""
+        return {f: scheduled_value(spec, step - 1) for f, spec in self.config.objective.schedules.items()}
+
     def _objective_at(self, step: int) -> Any:
-        """The objective for this step: ``objective.at_step(step, total_steps)`` when it has one
-        (curricula such as a consistency gap schedule), else the objective itself."""
-        at_step = getattr(self.objective, "at_step", None)
-        return at_step(step, self.config.steps) if callable(at_step) else self.objective
+        """The objective with its scheduled fields set for this step (itself when none are)."""
+        values = self._scheduled(step)
+        return dataclasses.replace(self.objective, **values) if values else self.objective
 
     # -- one step --------------------------------------------------------------------------------
     def train_step(self, step: int) -> StepRecord:
@@ -251,6 +256,7 @@ class Trainer:
             "times/mean_gap": float(times.gap[off].float().mean()) if bool(off.any()) else 0.0,
             "time/step_seconds": r.seconds,
         })
+        m.update({f"objective/{k}": v for k, v in self._scheduled(r.step).items()})
         return m
 
     # -- the loop --------------------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""The command line, the presets and the benchmark; a short LSD run learns the Gaussian flow map."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import types
+
+import pytest
+
+from workbench.experiments import get_presets
+from workbench.experiments.benchmark import format_table, run_benchmark
+from workbench.experiments.cli import main as cli_main
+from workbench.losses import OBJECTIVES
+from workbench.training import TrainConfig, read_metrics
+
+
+def test_help_lists_every_preset(capsys):
+    assert cli_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    presets = get_presets()
+    for name, preset in presets.items():
+        assert f"  {name} " in out and preset.description in out
+    assert cli_main([]) == 2  # no arguments: the same listing, as a usage error
+
+
+def test_every_objective_has_a_preset():
+    presets = get_presets()
+    assert {"gauss2d-lsd", "gauss2d-fm"} <= set(presets)
+    for name in OBJECTIVES:
+        matches = [p for p in presets.values() if p.config.objective.name == name and not p.name.startswith("gauss2d")]
+        assert len(matches) == 1, name
+        assert matches[0].name.startswith("gmm8-" if getattr(OBJECTIVES[name], "teacher", 0) is None else "checker-")
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["gauss2d-lsd", "--bogus", "1"], "unknown option --bogus"),
+        (["gauss2d-lsd", "--steps", "ten"], "--steps: cannot parse"),
+        (["gauss2d-lsd", "--lr", "-1"], "optim.lr must be"),
+        (["gauss2d-lsd", "--objective.nope", "1", "--dry-run"], "unknown field(s) ['nope']"),
+        (["gauss2d-lsd", "--data.bogus", "1", "--dry-run"], "bad parameters"),
+        (["gauss2d-lsd", "--steps"], "--steps needs a value"),
+        (["no-such-preset"], "unknown preset"),
+        (["--resume", "/nonexistent/run"], "no config.json"),
+        (["gauss2d-lsd", "--resume", "x"], "takes no preset"),
+        (["checker-fm", "--eval_every", "10", "--dry-run"], "eval_every > 0 needs"),
+    ],
+)
+def test_bad_command_lines_exit_2(argv, message, capsys):
+    assert cli_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert cli_main(["checker-lsd", "--lr", "3e-4", "--objective.diag_fraction", "0.5", "--dry-run"]) == 0
+    cfg = TrainConfig.from_dict(json.loads(capsys.readouterr().out))
+    base = get_presets()["checker-lsd"].config
+    assert cfg == dataclasses.replace(
+        base, optim=dataclasses.replace(base.optim, lr=3e-4),
+        objective=dataclasses.replace(base.objective, overrides={"diag_fraction": 0.5}),
+    )
+
+
+def test_main_subcommand_dispatches_lazily(monkeypatch, capsys):
+    seen = []
+    fake = types.ModuleType("workbench.experiments.main_job")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "workbench.experiments.main_job", fake)
+    monkeypatch.setattr(sys.modules["workbench.experiments"], "main_job", fake, raising=False)
+    assert cli_main(["main", "--runs", "x"]) == 0 and seen == [["--runs", "x"]]
+    monkeypatch.setitem(sys.modules, "workbench.experiments.main_job", None)  # makes the import fail
+    monkeypatch.delattr(sys.modules["workbench.experiments"], "main_job")
+    assert cli_main(["main"]) == 2
+    assert "main job" in capsys.readouterr().err
+
+
+def test_bench_runs_on_a_tiny_config(capsys):
+    rows = run_benchmark(batch=16, hidden=8, depth=1, reps=2, inner=1, warmup=1)
+    assert [r.objective for r in rows][0] == "fm" and {r.objective for r in rows} == set(OBJECTIVES)
+    assert all(r.error is None and math.isfinite(r.ratio_to_fm) and r.median_ms > 0 for r in rows), format_table(rows)
+    assert rows[0].ratio_to_fm == 1.0
+    assert cli_main(["bench", "--batch", "8", "--hidden", "8", "--depth", "1", "--reps", "1", "--inner", "1",
+                     "--objectives", "fm,lsd"]) == 0
+    out = capsys.readouterr().out
+    assert "| fm |" in out and "| lsd |" in out and "x fm" in out
+
+
+@pytest.mark.parametrize("preset", sorted(n for n in get_presets() if not n.startswith("gauss2d")))
+def test_each_objective_preset_runs_without_divergence(preset, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [preset, "--run-dir", str(run_dir), "--steps", "6", "--batch_size", "64", "--hidden", "32",
+            "--depth", "2", "--log_every", "2", "--checkpoint_every", "0", "--progress", "false",
+            "--tensorboard", "false", "--device", "cpu"]
+    assert cli_main(argv) == 0
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert rows[-1]["skipped_total"] == 0 and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_lsd_on_a_gaussian_learns_the_flow_map(tmp_path, capsys):
+    """A short LSD run lowers the flow-map error against GaussianFlow.flow_map at least 10x
+    (oracle RMSE over (s, t) uniform on the triangle, x ~ p_s; EMA 0.99, the evaluation model)."""
+    run_dir = tmp_path / "run"
+    argv = ["gauss2d-lsd", "--run-dir", str(run_dir), "--steps", "800", "--progress", "false",
+            "--tensorboard", "false", "--device", "cpu"]
+    assert cli_main(argv) == 0
+    rows = [r for r in read_metrics(run_dir) if "oracle/map_rmse" in r]
+    curve = [(r["step"], r["oracle/map_rmse"], r["oracle/ema0.99/map_rmse"], r["oracle/map01_rmse"]) for r in rows]
+    print("step, online RMSE, EMA 0.99 RMSE, one-step X_01 RMSE:", *curve, sep="\n")
+    assert curve[0][0] == 0 and curve[-1][0] == 800
+    init, final = curve[0][1], curve[-1]
+    assert final[2] * 10 <= init, curve
+    assert final[1] * 5 <= init, curve  # the online weights too, with a noisier margin
+    assert rows[-1]["skipped_total"] == 0
