@@ -34,7 +34,8 @@ class UsageError(Exception):
 def _help_text() -> str:
     from .presets import get_presets
 
-    lines = [__doc__.strip().split("\n\n", 1)[1].rstrip(), "", "presets:"]
+    lines = ["usage: python -m workbench.experiments PRESET [--key value ...] | --resume RUN_DIR | main | bench",
+             "", __doc__.strip().split("\n\n", 1)[1].rstrip(), "", "presets:"]
     presets = get_presets()
     width = max(len(n) for n in presets)
     lines += [f"  {name:<{width}}  {p.description}" for name, p in presets.items()]
@@ -78,20 +79,27 @@ def parse_overrides(args: Sequence[str]) -> tuple[dict[str, str], dict[str, str 
 
 @contextlib.contextmanager
 def stop_on_signals(trainer) -> Iterator[list[int]]:
-    """While active, SIGINT/SIGTERM ask the trainer to checkpoint and stop after the current step;
-    the previous handlers are restored on exit. Yields the list of signals received."""
+    """While active, SIGINT/SIGTERM ask the trainer to checkpoint and stop after the current step
+    (and put the previous handlers back at once, so a second Ctrl-C interrupts immediately); the
+    previous handlers are restored on exit. Yields the list of signals received."""
     received: list[int] = []
+    previous: dict[int, object] = {}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
     def handler(signum, frame):  # noqa: ARG001 - signal handler signature
         received.append(signum)
         trainer.request_stop(f"received {signal.Signals(signum).name}")
+        restore()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        previous[s] = signal.signal(s, handler)
     try:
         yield received
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        restore()
 
 
 def _callbacks(config: TrainConfig, data) -> list:

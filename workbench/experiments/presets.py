@@ -85,9 +85,10 @@ def get_presets() -> dict[str, Preset]:
         from ..losses import OBJECTIVES
     except ImportError:  # pragma: no cover - the losses layer is incomplete
         OBJECTIVES = {}
-    for name, objective in sorted(OBJECTIVES.items()):
+    generated = {}
+    for name, objective in OBJECTIVES.items():
         if _needs_teacher(objective):
-            out[f"gmm8-{name}"] = Preset(f"gmm8-{name}", f"{name} on eight Gaussians, exact GMM flow as teacher", _gmm8(name))
+            generated[f"gmm8-{name}"] = Preset(f"gmm8-{name}", f"{name} on eight Gaussians, exact GMM flow as teacher", _gmm8(name))
         else:
-            out[f"checker-{name}"] = Preset(f"checker-{name}", f"{name} on B25's checkerboard (CPU-sized)", _checker(name))
-    return out
+            generated[f"checker-{name}"] = Preset(f"checker-{name}", f"{name} on B25's checkerboard (CPU-sized)", _checker(name))
+    return out | dict(sorted(generated.items()))

@@ -92,7 +92,9 @@ class TrainContext:
         self._logger = logger
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Log metrics at ``step`` (default: the current step; merged into that step's line)."""
+        """Log metrics at ``step`` (default: the current step). Called from ``on_step_end`` for the
+        current step they join that step's line; otherwise (``on_train_start``/``on_train_end``)
+        they are written as a line of their own."""
         self._logger(dict(metrics), self.step if step is None else int(step))
 
     def sample_batch(self, n: int) -> torch.Tensor:
