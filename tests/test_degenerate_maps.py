@@ -308,6 +308,10 @@ def test_denoiser_step():
     assert float(rel(denoiser_step(p).flow_map(0.2, 0.9, xp), p.flow_map(0.2, 0.9, xp)).max()) < TINY
     with pytest.raises(ValueError, match="s must be < 1"):
         denoiser_step(f).flow_map(1.0, 0.5, x)
+    # linear schedule: (1-t)/(1-s) (x - s D) + t D = x + (t - s)(D - x)/(1 - s), one Euler step; not for trig
+    assert float(rel(denoiser_step(f).flow_map(0.3, 0.8, x), euler_step(f).flow_map(0.3, 0.8, x)).max()) < TINY
+    ft = GaussianFlow(MU, SIGMA, interpolant="trig")
+    assert float(rel(denoiser_step(ft).flow_map(0.3, 0.8, x), euler_step(ft).flow_map(0.3, 0.8, x)).max()) > BIG
 
 
 def test_time_oscillation_and_warp(flow):

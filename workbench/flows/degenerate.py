@@ -299,8 +299,10 @@ def denoiser_step(flow: object) -> DegenerateMap:
     i.e. estimate (x0, x1) by their posterior means at s and re-interpolate at t, so X_{s,1} = D_s
     (x goes to the posterior mean at t = 1; X_{0,1} = E[x1]). X_{t,t} = id and, by digest G1, the
     tangent (alpha'_s/alpha_s)(x - beta_s D_s) + beta'_s D_s = b_s(x) is exact; the semigroup is
-    broken unless D is affine in the right way (it is exact for a point mass). D_s is the flow's
-    ``denoiser`` when it has one, else obtained from b_s by inverting G1. Needs alpha_s > 0.
+    broken unless D is affine in the right way (it is exact for a point mass). For the linear
+    schedule it coincides with :func:`euler_step` (DDIM = Euler there); for trig it does not.
+    D_s is the flow's ``denoiser`` when it has one, else obtained from b_s by inverting G1.
+    Needs alpha_s > 0.
     """
     _require_interpolant(flow)
 
