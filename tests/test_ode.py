@@ -71,7 +71,8 @@ def test_dormand_prince_tableau_satisfies_order_conditions():
         assert sum(wi * x for wi, x in zip(w, Ac2)) == Fraction(1, 12)
         assert sum(wi * x for wi, x in zip(w, AAc)) == Fraction(1, 24)
     assert sum(wi * ci**2 * x for wi, ci, x in zip(b, c, Ac)) == Fraction(1, 10)  # an order-5 tree
-    assert sum(wi * x for wi, x in zip(b, [sum(a(i, j) * AAc[j] for j in range(n)) for i in range(n)])) == Fraction(1, 120)
+    AAAc = [sum(a(i, j) * AAc[j] for j in range(n)) for i in range(n)]
+    assert sum(wi * x for wi, x in zip(b, AAAc)) == Fraction(1, 120)  # the tall order-5 tree
     for e, bi, bhi in zip(DP5_E, b, bh):
         assert e == pytest.approx(float(bi - bhi), abs=ulps(F64, 1))
 

@@ -192,7 +192,9 @@ class GaussianMixtureFlow(AnalyticFlow):
         jac = None if sol.jacobian is None else sol.jacobian.to(x.dtype)
         return ODESolution(x=sol.x.to(x.dtype), jacobian=jac, stats=sol.stats)
 
-    def flow_map_with_tolerance(self, s: object, t: object, x: torch.Tensor, *, rtol: float, atol: float) -> torch.Tensor:
+    def flow_map_with_tolerance(
+        self, s: object, t: object, x: torch.Tensor, *, rtol: float, atol: float
+    ) -> torch.Tensor:
         """X_{s,t}(x) by the float64 ODE oracle at the given (rtol, atol); shape and dtype of x."""
         return self.flow_solution(s, t, x, rtol=rtol, atol=atol).x
 
