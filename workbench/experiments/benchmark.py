@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..training.build import DTYPES, resolve_device
-from .presets import GAUSS2D
+from .presets import GAUSS2D, needs_teacher
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,7 @@ def run_benchmark(
         errors: dict[str, str] = {}
         for name in names:
             obj = OBJECTIVES[name]
-            if dataclasses.is_dataclass(obj) and any(f.name == "teacher" for f in dataclasses.fields(obj)) \
-                    and getattr(obj, "teacher", None) is None:
+            if needs_teacher(obj):
                 obj = dataclasses.replace(obj, teacher=data.as_flow())
             steps[name] = _make_step(obj, copy.deepcopy(base), x1, gen)
             try:

@@ -8,8 +8,8 @@
   4/sqrt(3) as B25's ``rescale``; MLP on raw (s, t - s); RAdam, lr 1e-3, clip 10, EMA 0.999 /
   0.9999), shrunk to CPU size (width 256, batch 2048, 4000 steps; the sqrt schedule's constant
   phase is shortened in proportion: decay after 2000 steps instead of 35,000).
-* ``gmm8-<objective>`` for the distillation objectives that need a teacher (a field ``teacher``
-  defaulting to None): eight Gaussians with the exact ``GaussianMixtureFlow`` of the same law as
+* ``gmm8-<objective>`` for the distillation objectives that need a teacher (``needs_teacher``):
+  eight Gaussians with the exact ``GaussianMixtureFlow`` of the same law as
   the teacher (the checkerboard has no closed-form flow to distil from).
 """
 
@@ -70,9 +70,29 @@ def _gmm8(objective: str) -> TrainConfig:
     )
 
 
-def _needs_teacher(objective: object) -> bool:
-    return dataclasses.is_dataclass(objective) and any(f.name == "teacher" for f in dataclasses.fields(objective)) \
-        and getattr(objective, "teacher", None) is None
+def needs_teacher(objective: object) -> bool:
+    """True when the objective cannot run as configured because its ``teacher`` is missing.
+
+    Uses ``objective.requires_teacher`` when defined; otherwise an objective with a ``teacher``
+    field set to None is called once on a tiny model: a ValueError naming the teacher means it
+    needs one (sCM, say, treats teacher=None as consistency *training* and runs).
+    """
+    if hasattr(objective, "requires_teacher"):
+        return bool(objective.requires_teacher)
+    if not (dataclasses.is_dataclass(objective) and any(f.name == "teacher" for f in dataclasses.fields(objective))):
+        return False
+    if getattr(objective, "teacher", None) is not None:
+        return False
+    import torch
+
+    from ..models import make_mlp_flow_map
+
+    model = make_mlp_flow_map(2, hidden=4, depth=1)
+    try:
+        objective(model, torch.zeros(4, 2), generator=torch.Generator().manual_seed(0))
+    except ValueError as err:
+        return "teacher" in str(err)
+    return False
 
 
 def get_presets() -> dict[str, Preset]:
@@ -87,7 +107,7 @@ def get_presets() -> dict[str, Preset]:
         OBJECTIVES = {}
     generated = {}
     for name, objective in OBJECTIVES.items():
-        if _needs_teacher(objective):
+        if needs_teacher(objective):
             generated[f"gmm8-{name}"] = Preset(f"gmm8-{name}", f"{name} on eight Gaussians, exact GMM flow as teacher", _gmm8(name))
         else:
             generated[f"checker-{name}"] = Preset(f"checker-{name}", f"{name} on B25's checkerboard (CPU-sized)", _checker(name))
