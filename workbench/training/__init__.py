@@ -10,11 +10,12 @@ from .config import (
     OptimConfig,
     TrainConfig,
     apply_overrides,
+    check_schedule,
     config_keys,
 )
 from .ema import EMA
 from .metrics import MetricsLog, read_metrics, truncate_metrics
-from .optim import clip_gradients, grad_stats, lr_at, make_optimizer
+from .optim import clip_gradients, grad_stats, lr_at, make_optimizer, scheduled_value
 from .trainer import Trainer, TrainResult, latest_step
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "apply_overrides",
     "build_model",
     "build_objective",
+    "check_schedule",
     "clip_gradients",
     "config_keys",
     "grad_stats",
@@ -46,5 +48,6 @@ __all__ = [
     "read_metrics",
     "resolve_device",
     "save_checkpoint",
+    "scheduled_value",
     "truncate_metrics",
 ]
