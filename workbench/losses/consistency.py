@@ -19,9 +19,11 @@ Discrete CT / CD (Song et al. 2023; iCT; K26 digest sec. 2.2, B25 digest sec. 3)
     lambda(h) in {1, 1/h, 1/h^2} ("one", "inverse", "inverse_square").
 
 The target is built from the current parameters under stop-gradient (iCT: no EMA teacher). At the
-true map the CD residual is the one-step solver error O(h^2) (Heun: O(h^3)); CT's target is noisy
-and, because X is nonlinear in x, biased at O(h^2), so with lambda = 1/h its expected gradient at
-the truth is O(h) (K26 digest sec. 2.3, Jensen gap), not zero.
+true map the CD residual is the one-step solver error O(h^2) (Heun: O(h^3)). CT's target is noisy
+and its conditional mean is off by O(h^2): the Euler step's local error, plus, where X is nonlinear
+in x, the Jensen gap h^2/2 tr(grad^2 X Cov(dI_s/ds | I_s)) (K26 digest sec. 2.3). So with
+lambda = 1/h its expected gradient at the truth is O(h), not zero; for an affine map (Gaussian data)
+it equals CD's expected gradient exactly.
 
 Continuous CT (sCM, Lu & Song 2024; K26 digest sec. 4 G2), in flow-map form for any interpolant:
 the limit h -> 0 of CT with lambda = 1/h has gradient -2 E[grad_theta X_{s,t}(I_s)^T sg g] with the
@@ -143,6 +145,12 @@ def _check_discrete(obj) -> None:
     obj._config()  # validates delta against t_end (DiscreteGapSampler)
 
 
+def _discrete_config(obj) -> SplitConfig:
+    """The split configuration of CT / CD: (s, t) with a gap of at least delta (t = t_end if set)."""
+    return SplitConfig(interpolant=obj.interpolant, diag_fraction=obj.diag_fraction,
+                       sampler=DiscreteGapSampler(delta=obj.delta, t_end=obj.t_end), weighting=obj.weighting)
+
+
 def _discrete_call(obj, model, x1, generator, x0, times, next_point, term: str) -> ObjectiveResult:
     """Shared body of CT and CD: student X_{s,t}(I_s), target sg X_{u,t}(next_point(...))."""
     cfg = obj._config()
@@ -198,8 +206,7 @@ class ConsistencyTraining:
         _check_discrete(self)
 
     def _config(self) -> SplitConfig:
-        return SplitConfig(interpolant=self.interpolant, diag_fraction=self.diag_fraction,
-                           sampler=DiscreteGapSampler(delta=self.delta, t_end=self.t_end), weighting=self.weighting)
+        return _discrete_config(self)
 
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,) for data x1 (batch, dim); ``x0`` / ``times`` fix the noise and the
@@ -245,7 +252,8 @@ class ConsistencyDistillation:
         check_velocity_source(self.teacher)
         _check_discrete(self)
 
-    _config = ConsistencyTraining._config
+    def _config(self) -> SplitConfig:
+        return _discrete_config(self)
 
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,); see :meth:`ConsistencyTraining.__call__`."""
