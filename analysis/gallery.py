@@ -63,3 +63,24 @@ def flow_gallery(panels: list[GalleryPanel]):
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def pushforward_panel(x_s: np.ndarray, pushed: np.ndarray, y_t: np.ndarray, s: float, t: float, title: str = ""):
+    """Samples of p_s, their images X_{s,t}(x_s) and fresh samples of p_t (2-D or 1-D histograms)."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(WIDTH_FULL / 2, WIDTH_FULL / 2))
+    if x_s.shape[1] == 1:
+        bins = np.linspace(min(x_s.min(), y_t.min()) - 0.5, max(x_s.max(), y_t.max()) + 0.5, 60)
+        ax.hist(x_s[:, 0], bins=bins, density=True, alpha=0.4, color=PALETTE[7], label=f"$p_{{{s:.2f}}}$")
+        ax.hist(y_t[:, 0], bins=bins, density=True, alpha=0.4, color=PALETTE[1], label=f"$p_{{{t:.2f}}}$")
+        ax.hist(pushed[:, 0], bins=bins, density=True, histtype="step", color=PALETTE[0], lw=1.5,
+                label="$X_{s,t}\\#p_s$")
+    else:
+        ax.scatter(x_s[:, 0], x_s[:, 1], s=2, color=PALETTE[7], alpha=0.3, label=f"$x \\sim p_{{{s:.2f}}}$")
+        ax.scatter(y_t[:, 0], y_t[:, 1], s=2, color=PALETTE[1], alpha=0.3, label=f"$y \\sim p_{{{t:.2f}}}$")
+        ax.scatter(pushed[:, 0], pushed[:, 1], s=2, color=PALETTE[0], alpha=0.6, label="$X_{s,t}(x)$")
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="upper right", markerscale=4)
+    ax.set_title(title or f"push-forward from $s={s:.2f}$ to $t={t:.2f}$", loc="left")
+    fig.tight_layout()
+    return fig

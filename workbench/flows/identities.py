@@ -161,3 +161,23 @@ def pushforward_test(flow: Flow, s: object, t: object, x_s: torch.Tensor, y_t: t
             p = pooled[idx]
             count += float(energy_statistic(p[:n], p[n:])) >= stat
     return TwoSampleResult(stat, (count + 1) / (n_permutations + 1), n_permutations)
+
+
+def identity_report(flow: Flow, s: float, t: float, x: torch.Tensor, *, u: float | None = None,
+                    method: str = "jvp") -> dict[str, float]:
+    """Max per-point residual of each identity at (s, t) (u defaults to the midpoint), as a dict.
+
+    The log-density entry is present only when the flow has ``log_prob``.
+    """
+    u = 0.5 * (s + t) if u is None else u
+    out = {
+        "boundary": float(boundary_residual(flow, s, x).max()),
+        "tangent": float(tangent_residual(flow, s, x, method=method).max()),
+        "lagrangian": float(lagrangian_residual(flow, s, t, x, method=method).max()),
+        "eulerian": float(eulerian_residual(flow, s, t, x, method=method).max()),
+        "semigroup": float(semigroup_residual(flow, s, u, t, x).max()),
+        "inverse": float(inverse_residual(flow, s, t, x).max()),
+    }
+    if hasattr(flow, "log_prob"):
+        out["change_of_variables"] = float(change_of_variables_residual(flow, s, t, x, method=method).abs().max())
+    return out
