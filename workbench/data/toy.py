@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..core.seeding import generator_device
 from ..core.validation import check_positive_int
 
 
@@ -39,9 +40,7 @@ class DataSource(Protocol):
 
 
 def _device(generator: torch.Generator | None, device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device(generator.device) if generator is not None else torch.device("cpu")
+    return torch.device(device) if device is not None else generator_device(generator, torch.device("cpu"))
 
 
 def _check_dtype(dtype: object) -> torch.dtype:
