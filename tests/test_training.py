@@ -39,6 +39,7 @@ from workbench.training import (
     grad_stats,
     list_checkpoints,
     load_checkpoint,
+    load_latest,
     lr_at,
     read_metrics,
     save_checkpoint,
@@ -281,6 +282,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     for step in (2, 3, 4):
         save_checkpoint({"step": step}, tmp_path, step, keep=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
+    (tmp_path / "checkpoints" / ".tmp-killed.pt").write_bytes(b"torn")  # a writer killed mid-write
+    assert load_latest(tmp_path)["step"] == 4
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
 class _Evil:

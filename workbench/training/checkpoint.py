@@ -78,7 +78,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The newest checkpoint that loads (an unreadable one is reported and skipped); None if none."""
+    """The newest checkpoint that loads (an unreadable one is reported and skipped); None if none.
+    Temporary files left by a write that was killed are removed."""
+    d = Path(run_dir) / CHECKPOINT_DIR
+    if d.is_dir():
+        for stale in d.glob(".tmp-*.pt"):
+            stale.unlink(missing_ok=True)
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
             return load_checkpoint(path, map_location)
