@@ -16,7 +16,6 @@ import pytest
 import scipy.stats
 import torch
 
-from workbench.core import eps as machine_eps
 from workbench.core import fd_step, fd_tol, ulps
 from workbench.flows import GaussianFlow, PointMassFlow
 from workbench.losses.base import TimeBatch
