@@ -1,0 +1,341 @@
+"""Data = uniform on concentric circles of radii R_j (weights pi_j) in 2-D: a closed-form radial map.
+
+Digest ``analytic_flows.md`` section e2. The base N(0, I_2) and the data are rotation invariant, so
+p_t and b_t are radial and angles are preserved:
+
+    X_{s,t}(x) = R_{s,t}(|x|) x / |x|,      R_{s,t} = G_t^{-1} o G_s,      G_t(r) = P(|I_t| <= r)
+    G_t(r)     = sum_j pi_j [1 - Q_1(a_j, r / alpha_t)],  a_j = beta_t R_j / alpha_t   (Rice law, Marcum Q)
+    p_t(x)     = sum_j pi_j (2 pi alpha^2)^{-1} exp(-(r - beta R_j)^2 / 2 alpha^2) I0e(kappa_j),
+                 kappa_j = beta R_j r / alpha^2,  radial density g_t(r) = 2 pi r p_t(r)
+    D_t(x)     = E[x1 | I_t = x] = sum_j w_j R_j (I1/I0)(kappa_j) x / r,  w_j = posterior of ring j
+    b_t(x)     = (alpha'/alpha) (x - beta D) + beta' D                   (von Mises posterior on the angle)
+
+The Rice CDF is computed in torch, in log space (log G and log S = log(1 - G)), by two routes that
+each hold ~1e-16 relative accuracy (checked against 40-digit mpmath series):
+
+* a*b <= 1000 (b = r / alpha): the Poisson-mixture series 1 - Q_1(a, b) = P(N_nu > N_mu) with
+  N_mu ~ Pois(a^2/2), N_nu ~ Pois(b^2/2) independent, summed in log space with Loader's
+  saddle-point Poisson probabilities;
+* otherwise: 1 - Q_1 = int phi(y) [Phi(w - a) - Phi(-w - a)] dy, w = sqrt(b^2 - y^2) (condition on
+  the coordinate orthogonal to the offset), by Gauss-Hermite quadrature scaled to the curvature of
+  the integrand (width about sqrt(b / a)); the survival function likewise.
+
+The inverse is a safeguarded Newton iteration in log r with rigorous brackets (p_t <= 1/(2 pi alpha^2);
+|Z + a e| <= |Z| + a). Derivatives use zero-valued terms with the closed-form coefficients
+dR/dr = g_s(r) / g_t(R), dR/ds = -b_s(r) g_s(r) / g_t(R), dR/dt = b_t(R) (radial velocities), so
+autograd and ``torch.func.jvp`` give exact first derivatives (not second ones). X(0) = 0; at the
+origin X = c0 x with c0 = sqrt(p_s(0) / p_t(0)). t = 1 (alpha = 0) is singular: as a start time it
+is refused; as an end time the map sends each radius to its ring (the quantile of the ring law).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..core.times import broadcast_time
+from ..core.tolerances import eps
+from ..core.validation import check_probability_vector, check_tensor, value_checks_enabled
+from .base import AnalyticFlow, as_param
+from .mixture1d import LOG_HALF, log1mexp, safeguarded_newton
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_SERIES_MAX_AB = 1000.0  # a*b below which the Poisson series is used
+_GH_NODES = 64
+_GH_CACHE: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+# -- Rice (noncentral chi, 2 degrees of freedom) CDF in log space ----------------------------------
+def _stirlerr(k: torch.Tensor) -> torch.Tensor:
+    """lgamma(k + 1) - (k + 1/2) log k + k - log(2 pi)/2 for integers k >= 1 (series above 15)."""
+    k = k.clamp_min(1.0)
+    direct = torch.lgamma(k + 1) - (k + 0.5) * torch.log(k) + k - 0.5 * _LOG_2PI
+    i2 = 1.0 / (k * k)
+    series = (1 / 12 - i2 * (1 / 360 - i2 * (1 / 1260 - i2 * (1 / 1680 - i2 / 1188)))) / k
+    return torch.where(k > 15, series, direct)
+
+
+def _bd0(k: torch.Tensor, mu: torch.Tensor, log_mu: torch.Tensor) -> torch.Tensor:
+    """k log(k / mu) + mu - k, by a series where k is close to mu (Loader 2000)."""
+    k = k.clamp_min(1.0)
+    near = (k - mu).abs() < 0.1 * (k + mu)
+    m = torch.where(near, mu, k)
+    v = (k - m) / (k + m)
+    v2, term, acc = v * v, v * v * v, torch.zeros_like(v)
+    for j in range(1, 30):
+        acc = acc + term / (2 * j + 1)
+        term = term * v2
+    return torch.where(near, (k - m) * v + 2 * k * acc, k * (torch.log(k) - log_mu) + mu - k)
+
+
+def _log_poisson(k: torch.Tensor, mu: torch.Tensor, log_mu: torch.Tensor) -> torch.Tensor:
+    """log Pois(k; mu) for k (K,) and mu, log_mu (E, 1): shape (E, K)."""
+    val = -_stirlerr(k) - _bd0(k, mu, log_mu) - 0.5 * (_LOG_2PI + torch.log(k.clamp_min(1.0)))
+    return torch.where(k == 0, -mu.expand_as(val), val)
+
+
+def _rice_series(a, log_b):
+    mu, log_mu = 0.5 * a * a, 2.0 * torch.log(a) - math.log(2.0)
+    log_nu = 2.0 * log_b - math.log(2.0)
+    nu = torch.exp(log_nu)
+    lower = log_nu < log_mu  # b < a: G is the small side
+    center = torch.where(lower | (nu > 600), torch.exp(0.5 * (log_mu + log_nu)), torch.maximum(nu, mu))
+    c = float(center.max()) if center.numel() else 0.0
+    K = int(min(c + 12.0 * math.sqrt(c) + 40.0, 1200.0))
+    k = torch.arange(K, dtype=a.dtype, device=a.device)
+    lp = _log_poisson(k, mu[:, None], log_mu[:, None])
+    lq = _log_poisson(k, nu[:, None], log_nu[:, None])
+    log_S = torch.logsumexp(lp + torch.logcumsumexp(lq, -1), -1)  # P(N_nu <= N_mu)
+    log_G = torch.logsumexp(lq[:, 1:] + torch.logcumsumexp(lp, -1)[:, :-1], -1)  # P(N_nu > N_mu)
+    log_G = torch.where(~lower & (nu > 600), log1mexp(log_S), log_G)
+    log_S = torch.where(lower, log1mexp(log_G), log_S)
+    return log_G, log_S
+
+
+def _gauss_hermite(dtype, device):
+    key = (dtype, device)
+    if key not in _GH_CACHE:
+        x, w = np.polynomial.hermite.hermgauss(_GH_NODES)
+        keep = x > 0  # the integrands are even in y
+        _GH_CACHE[key] = (
+            torch.tensor(x[keep], dtype=dtype, device=device),
+            torch.tensor(np.log(2.0 * w[keep]), dtype=dtype, device=device),
+        )
+    return _GH_CACHE[key]
+
+
+def _mills(z):
+    """phi(z) / Phi(z)."""
+    return torch.exp(-0.5 * z * z - 0.5 * _LOG_2PI - torch.special.log_ndtr(z))
+
+
+def _rice_quadrature(a, b, d):
+    x, log_w = _gauss_hermite(a.dtype, a.device)
+    a_, b_, d_ = a[:, None], b[:, None], d[:, None]
+
+    def integral(curv, lower):
+        sig = torch.rsqrt(curv)[:, None]
+        y = math.sqrt(2.0) * sig * x
+        w = torch.sqrt(torch.clamp(b_ * b_ - y * y, min=0.0))
+        b_minus_w = y * y / (b_ + w)
+        l_far = torch.special.log_ndtr(-w - a_)  # Phi(-w - a)
+        if lower:  # Phi(w - a) - Phi(-w - a)
+            l_near = torch.special.log_ndtr(d_ - b_minus_w)
+            lh = l_near + log1mexp(torch.clamp(l_far - l_near, max=0.0))
+        else:  # Phi(a - w) + Phi(-w - a)
+            lh = torch.logaddexp(torch.special.log_ndtr(b_minus_w - d_), l_far)
+        lh = torch.where(y < b_, lh, torch.full_like(lh, -math.inf))
+        terms = log_w + torch.log(sig) - 0.5 * math.log(math.pi) + (1.0 - sig * sig) * x * x + lh
+        return torch.logsumexp(terms, -1)
+
+    log_G = integral(1.0 + _mills(d) / b, True)
+    log_S = torch.logaddexp(
+        integral(torch.maximum(1.0 - _mills(-d) / b, 0.25 * a / b), False),
+        math.log(2.0) + torch.special.log_ndtr(-b),  # |y| > b lies outside the disc
+    )
+    small = log_G < LOG_HALF
+    return torch.where(small, log_G, log1mexp(log_S)), torch.where(small, log1mexp(log_G), log_S)
+
+
+def rice_log_cdf(a: torch.Tensor, log_b: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log P(|Z + a e| <= b), log P(|Z + a e| > b)) for Z ~ N(0, I_2): log(1 - Q_1(a, b)), log Q_1(a, b).
+
+    a >= 0, log_b = log b and d = b - a (passed separately to avoid cancellation), any common shape.
+    No gradient (the flow supplies derivatives in closed form).
+    """
+    shape = a.shape
+    a, log_b, d = a.reshape(-1), log_b.reshape(-1), d.reshape(-1)
+    b = torch.exp(log_b)
+    series = a * b <= _SERIES_MAX_AB
+    log_G, log_S = torch.empty_like(a), torch.empty_like(a)
+    if bool(series.any()):
+        g, s = _rice_series(a[series], log_b[series])
+        log_G[series], log_S[series] = g, s
+    if not bool(series.all()):
+        q = ~series
+        g, s = _rice_quadrature(a[q], b[q], d[q])
+        log_G[q], log_S[q] = g, s
+    return log_G.reshape(shape), log_S.reshape(shape)
+
+
+def _at_data_end(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """alpha_t <= 4 eps beta_t: the noise is below rounding (trig gives alpha_1 = 6e-17, not 0)."""
+    return alpha <= 4 * eps(alpha.dtype) * beta
+
+
+def _check_not_data_end(ip, s: torch.Tensor, name: str, owner: str) -> None:
+    if value_checks_enabled() and bool(_at_data_end(ip.alpha(s), ip.beta(s)).any()):
+        raise ValueError(
+            f"{name} = 1 is singular for {owner} (alpha_{name} is 0 to rounding, the data law has no density); "
+            f"use {name} <= 1 - 1e-6"
+        )
+
+
+def _safe_radius(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|x|, |x| with 1 at the origin): differentiable everywhere (gradient 0 at the origin)."""
+    zero = (x == 0).all(-1)
+    r_safe = torch.hypot(*torch.where(zero[:, None], torch.ones_like(x), x).unbind(-1))
+    return torch.where(zero, torch.zeros_like(r_safe), r_safe), r_safe
+
+
+def _bessel_h(kappa: torch.Tensor) -> torch.Tensor:
+    """I1(kappa) / (kappa I0(kappa)), smooth at 0 (series 1/2 - k^2/16 + k^4/96 below 1e-4)."""
+    small = kappa < 1e-4
+    k = torch.where(small, torch.ones_like(kappa), kappa)
+    k2 = kappa * kappa
+    return torch.where(small, 0.5 - k2 / 16 + k2 * k2 / 96, torch.special.i1e(k) / (k * torch.special.i0e(k)))
+
+
+class RingsFlow(AnalyticFlow):
+    """Probability flow from N(0, I_2) to uniform on circles of radii ``radii`` with ``weights``."""
+
+    singular_at_data = True
+
+    def __init__(self, radii: object, weights: object, *, interpolant: object = None) -> None:
+        R = as_param(radii, "radii", ndim=1)
+        w = check_probability_vector(as_param(weights, "weights", ndim=1), "weights")
+        if R.numel() == 0 or R.numel() != w.numel():
+            raise ValueError(f"radii and weights must be non-empty and of the same length, got {R.numel()} and {w.numel()}")
+        if bool((R <= 0).any()):
+            raise ValueError(f"radii must be > 0, got {R.tolist()}")
+        super().__init__(2, interpolant)
+        self.radii, self.weights = R, w
+        keep = w > 0
+        order = torch.argsort(R[keep])
+        self._R, self._w = R[keep][order], (w[keep] / w[keep].sum())[order]
+
+    def _params(self, like: torch.Tensor):
+        return self._cast("Rlw", lambda: (self._R, self._w.log(), self._w), like)
+
+    # -- radial pieces --------------------------------------------------------------------------
+    def _radial(self, t: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p_t at radius r, radial velocity b_t(r)), shapes (B,)."""
+        R, log_pi, _ = self._params(r)
+        ip, te, re = self.interpolant, t[:, None], r[:, None]
+        al, be = ip.alpha(te), ip.beta(te)
+        kappa = be * R * re / al**2
+        comp = log_pi - _LOG_2PI - 2 * torch.log(al) - (re - be * R) ** 2 / (2 * al**2) + torch.log(torch.special.i0e(kappa))
+        w = torch.softmax(comp, -1)
+        D_r = re[:, 0] * (w * be * R**2 / al**2 * _bessel_h(kappa)).sum(-1)
+        da, db, a1, b1 = ip.dalpha(t), ip.dbeta(t), ip.alpha(t), ip.beta(t)
+        return torch.logsumexp(comp, -1), (da / a1) * r + (db - da * b1 / a1) * D_r
+
+    def _log_cdf(self, t: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log G_t(r), log S_t(r)) for r > 0 and alpha_t > 0, shapes (B,)."""
+        R, log_pi, _ = self._params(r)
+        al, be = self.interpolant.alpha(t)[:, None], self.interpolant.beta(t)[:, None]
+        re = r[:, None]
+        a = be * R / al
+        log_b = (torch.log(re) - torch.log(al)).expand_as(a)
+        log_G, log_S = rice_log_cdf(a, log_b, (re - be * R) / al)
+        return torch.logsumexp(log_pi + log_G, -1), torch.logsumexp(log_pi + log_S, -1)
+
+    def radial_log_cdf(self, t: object, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log G_t(r), log(1 - G_t(r))) with G_t(r) = P(|I_t| <= r); r (batch,) radii > 0, t < 1 (alpha_t > 0)."""
+        r = check_tensor(r, "r")
+        if r.ndim != 1:
+            raise ValueError(f"r must have shape (batch,), got {tuple(r.shape)}")
+        if value_checks_enabled() and not bool((r > 0).all() & torch.isfinite(r).all()):
+            raise ValueError("r must hold finite radii > 0")
+        tb = broadcast_time(t, r[:, None], "t")
+        self._check_regular(tb, "t")
+        with torch.no_grad():
+            log_G, log_S = self._log_cdf(tb.to(torch.float64), r.to(torch.float64))
+        return log_G.to(r.dtype), log_S.to(r.dtype)
+
+    # -- contract -------------------------------------------------------------------------------
+    def _velocity(self, t, x):
+        r, _ = _safe_radius(x)
+        R, log_pi, _ = self._params(x)
+        ip, te, re = self.interpolant, t[:, None], r[:, None]
+        al, be = ip.alpha(te), ip.beta(te)
+        kappa = be * R * re / al**2
+        w = torch.softmax(log_pi - (re - be * R) ** 2 / (2 * al**2) + torch.log(torch.special.i0e(kappa)), -1)
+        D = x * (w * be * R**2 / al**2 * _bessel_h(kappa)).sum(-1, keepdim=True)
+        da, db = ip.dalpha(te), ip.dbeta(te)
+        return (da / al) * x + (db - da * be / al) * D
+
+    def _log_prob(self, t, x):
+        r, _ = _safe_radius(x)
+        return self._radial(t, r)[0]
+
+    def _flow_map(self, s, t, x):
+        _check_not_data_end(self.interpolant, s, "s", type(self).__name__)
+        wide = torch.float64
+        s64, t64, x64 = s.to(wide), t.to(wide), x.to(wide)
+        r, r_safe = _safe_radius(x64)
+        rho_star, J_r, J_s, J_t = self._solve(s64.detach(), t64.detach(), r_safe.detach())
+        zero = r == 0
+        rho = rho_star + J_r * (r - r.detach()) + J_s * (s64 - s64.detach()) + J_t * (t64 - t64.detach())
+        log_c0 = 0.5 * (self._radial(s64, torch.zeros_like(r))[0] - self._radial(t64, torch.zeros_like(r))[0])
+        c0 = torch.exp(log_c0.clamp_max(0.5 * math.log(torch.finfo(wide).max)))
+        scale = torch.where(zero, c0, rho / r_safe)
+        return (scale[:, None] * x64).to(x.dtype)
+
+    def _solve(self, s, t, r):
+        """(R*, dR/dr, dR/ds, dR/dt) in float64 without gradient; r > 0 (B,)."""
+        ip = self.interpolant
+        R, _, w = self._params(r)
+        log_G_s, log_S_s = self._log_cdf(s, r)
+        upper = log_G_s > LOG_HALF
+        L = torch.where(upper, log_S_s, log_G_s)
+        al, be = ip.alpha(t), ip.beta(t)
+        singular = _at_data_end(al, be)
+        al_ = torch.where(singular, torch.ones_like(al), al)
+        t_ = torch.where(singular, torch.zeros_like(t), t)  # placeholder time for the singular rows
+        lo = torch.where(
+            upper,
+            torch.log(torch.maximum(be * R[0], 0.5 * al_)),
+            torch.log(al_) + 0.5 * (math.log(2.0) + L),
+        )
+        hi = torch.log(be * R[-1] + al_ * torch.where(upper, torch.sqrt(-2.0 * L), torch.full_like(L, 1.2)))
+        pad = 1e-10 * (1.0 + torch.maximum(lo.abs(), hi.abs()))
+        lo, hi = torch.where(singular, torch.zeros_like(lo), lo - pad), torch.where(singular, torch.ones_like(hi), hi + pad)
+
+        def fun(v):
+            rho = torch.exp(v)
+            log_G, log_S = self._log_cdf(t_, rho)
+            log_g = _LOG_2PI + v + self._radial(t_, rho)[0]
+            f = torch.where(upper, L - log_S, log_G - L)
+            return f, torch.exp(v + log_g - torch.where(upper, log_S, log_G))
+
+        v, done = safeguarded_newton(fun, lo, hi, atol=4 * eps(r.dtype))
+        if value_checks_enabled() and not bool((done | singular).all()):
+            raise RuntimeError(
+                f"RingsFlow.flow_map: the radial CDF inversion did not converge for {int((~done).sum())} point(s); "
+                "please report the inputs"
+            )
+        rho = torch.exp(v)
+        log_p_s, b_s = self._radial(s, r)
+        log_p_t, b_t = self._radial(t_, rho)
+        big = torch.finfo(r.dtype).max
+        J_r = torch.exp(torch.log(r) + log_p_s - v - log_p_t).clamp_max(big)
+        J_s, J_t = (-b_s * J_r).clamp(-big, big), b_t
+        if bool(singular.any()):
+            # alpha_t = 0: the radius goes to ring j with G_s(r) in its jump; within the jump the
+            # standardised position zeta = Phi^-1((u - c_{j-1}) / pi_j) gives dR/dt = beta' R_j + alpha' zeta
+            u = torch.where(upper, -torch.expm1(L), torch.exp(L))
+            cum = torch.cumsum(w, 0)
+            j = torch.searchsorted(cum, u[:, None]).clamp_max(len(w) - 1)[:, 0]
+            frac = ((u - (cum[j] - w[j])) / w[j]).clamp(eps(r.dtype), 1 - eps(r.dtype))
+            rho_1 = be * R[j]
+            rho = torch.where(singular, rho_1, rho)
+            J_t = torch.where(singular, ip.dbeta(t) * R[j] + ip.dalpha(t) * torch.special.ndtri(frac), J_t)
+            J_r = torch.where(singular, torch.zeros_like(J_r), J_r)
+            J_s = torch.where(singular, torch.zeros_like(J_s), J_s)
+        return rho, J_r, J_s, J_t
+
+    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
+        device = device if device is not None else (generator.device if generator is not None else "cpu")
+        j = torch.multinomial(self._w.to(device=device), n, replacement=True, generator=generator)
+        theta = 2 * math.pi * torch.rand(n, dtype=dtype, device=device, generator=generator)
+        R = self._R.to(dtype=dtype, device=device)[j]
+        return torch.stack([R * torch.cos(theta), R * torch.sin(theta)], -1)
+
+    def __repr__(self) -> str:
+        return f"RingsFlow(radii={self.radii.tolist()}, weights={self.weights.tolist()}, interpolant={self.interpolant.name!r})"
+
+
+__all__ = ["RingsFlow", "rice_log_cdf"]
