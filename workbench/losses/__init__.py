@@ -2,9 +2,12 @@
 derivatives with a finite-difference twin, and loss weightings."""
 
 from .base import Objective, ObjectiveResult, TimeBatch
+from .consistency import ConsistencyDistillation, ConsistencyTraining, ContinuousConsistencyTraining
 from .derivatives import directional_derivative, flow_map_ds, flow_map_dt, flow_map_dx, total_derivative
 from .distillation import EulerianMapDistillation, LagrangianMapDistillation, ProgressiveDistillation
 from .flow_matching import FlowMatching
+from .isd import ImprovedSelfDistillation
+from .meanflow import MeanFlow
 from .registry import OBJECTIVES
 from .samplers import (
     BetaPair,
@@ -17,11 +20,18 @@ from .samplers import (
     sample_times,
 )
 from .self_distillation import EulerianSelfDistillation, LagrangianSelfDistillation, ProgressiveSelfDistillation
+from .shortcut import Shortcut
 from .weighting import Weighting, apply_weighting
 
 __all__ = [
     "OBJECTIVES",
     "BetaPair",
+    "ConsistencyDistillation",
+    "ConsistencyTraining",
+    "ContinuousConsistencyTraining",
+    "ImprovedSelfDistillation",
+    "MeanFlow",
+    "Shortcut",
     "DiscreteGapSampler",
     "EulerianMapDistillation",
     "EulerianSelfDistillation",

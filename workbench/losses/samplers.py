@@ -17,7 +17,7 @@ Laws on [0, 1] (before the affine map):
 | sampler                     | pair (s, t)                                   | s law          | t law          |
 |-----------------------------|-----------------------------------------------|----------------|----------------|
 | ``UniformTriangle``         | uniform on {0 <= s <= t <= 1} (B25 sec. 2.2)  | Beta(1, 2)     | Beta(2, 1)     |
-| ``BetaPair(a, b)``          | two iid Beta(a, b), sorted (iSD: a=0.8, b=1)  | min of two     | max of two     |
+| ``BetaPair(a, b)``          | two iid Beta(a, b), sorted (iSD: a=1, b=0.8)  | min of two     | max of two     |
 | ``LogitNormalPair(m, sd)``  | two iid sigmoid(N(m, sd^2)), sorted (MeanFlow)| min of two     | max of two     |
 | ``DiscreteGapSampler(d)``   | uniform on {t - s >= d} (or t = t_end fixed)  | see class      | see class      |
 
@@ -141,7 +141,8 @@ class UniformTriangle(_Affine):
 
 @dataclass(frozen=True)
 class BetaPair(_Affine):
-    """Two iid Beta(a, b) times sorted into s <= t (iSD uses a = 0.8, b = 1.0, K26 sec. 1.3); the
+    """Two iid Beta(a, b) times sorted into s <= t (K26's iSD code draws
+    Beta(0.8, 1.0) in its own clock, where t = 1 is noise; in ours that is a = 1.0, b = 0.8, sec. 1.3); the
     diagonal time is one Beta(a, b) draw."""
 
     a: float = 0.8
