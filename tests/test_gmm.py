@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 from workbench.core import fd_step, fd_tol, rel_err, ulps
-from workbench.flows import GaussianFlow, LinearInterpolant, TrigInterpolant
+from workbench.flows import GaussianFlow, LinearInterpolant, PointMassFlow, TrigInterpolant
 from workbench.flows.gmm import GaussianMixtureFlow
 from workbench.flows.ode import ODESolution
 
@@ -156,6 +156,22 @@ def test_one_component_equals_gaussian_flow(interpolant):
     sol = gmm.flow_solution(s, t, x, jacobian=True)
     assert float(rel_err(sol.x, gauss.flow_map(s, t, x)).max()) <= MAP_TOL
     assert float(rel_err(sol.jacobian, gauss.flow_jacobian(s, t, x)).max()) <= MAP_TOL
+
+
+@pytest.mark.parametrize("interpolant", ["linear", "trig"])
+def test_one_atom_equals_point_mass_flow(interpolant):
+    """Sigma = 0 in 3-D: the closed-form PointMassFlow, up to t = 1 - 1e-6 (pole at t = 1)."""
+    a = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
+    gmm = GaussianMixtureFlow([1.0], a[None], torch.zeros(1, 3, 3), interpolant=interpolant)
+    pm = PointMassFlow(a, interpolant=interpolant)
+    g = torch.Generator().manual_seed(12)
+    s = 0.99 * torch.rand(32, generator=g, dtype=F64)
+    t = HI_ATOMS * torch.rand(32, generator=g, dtype=F64)
+    t[:8] = HI_ATOMS
+    x = pm.sample_marginal(s, 32, generator=g)
+    assert gmm.singular_at_data
+    assert float(rel_err(gmm.velocity(t, x), pm.velocity(t, x)).max()) <= CLOSED_TOL
+    assert float(rel_err(gmm.flow_map(s, t, x), pm.flow_map(s, t, x)).max()) <= MAP_TOL
 
 
 # -- closed forms against the numpy reference --------------------------------------------------------

@@ -26,7 +26,7 @@ import math
 import torch
 
 from ..core.times import broadcast_time, expand_as_state
-from ..core.validation import check_probability_vector, check_state, value_checks_enabled
+from ..core.validation import check_positive_int, check_probability_vector, check_state
 from .base import AnalyticFlow, as_param
 from .ode import ODESolution, check_tolerances, default_tolerances, solve_flow
 
@@ -206,8 +206,7 @@ class GaussianMixtureFlow(AnalyticFlow):
     def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
         """n samples of the mixture, shape (n, dim): k ~ Categorical(weights), x1 = mu_k + U_k sqrt(lam_k) z."""
         device = device if device is not None else (generator.device if generator is not None else "cpu")
-        if value_checks_enabled() and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_positive_int(n, "n")
         w = torch.exp(self._logw).to(device=device)
         k = torch.multinomial(w, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=dtype, device=device, generator=generator)

@@ -22,11 +22,13 @@ J = grad X_{s,t}(x), d J/dtau = (t - s) grad b_u(y) J, J(0) = I, with grad b fro
 reverse-mode autograd pass per evaluation (``velocity_jacobian``). Then log det J integrates
 div b along the path and p_t(X) det J = p_s(x).
 
-Default tolerances (``default_tolerances``): float64 rtol = atol = 1e-11, which measured
-<= 1e-9 relative error (``|A - B| / (1 + |B|)``) against scipy's DOP853 at rtol = atol = 1e-13 on
-the Gaussian-mixture test problems (tests/test_ode.py, tests/test_gmm.py). float32:
-rtol = atol = 1e-5. Failures raise :class:`ODESolverError` (step budget exhausted, non-finite
-velocity); they never return NaN.
+Default tolerances (``default_tolerances``): float64 rtol = atol = 1e-11. Against scipy's DOP853
+at rtol = atol = 1e-13 on Gaussian-mixture flows (K = 1, 3, an 8-mode ring of sd 0.05, atoms;
+linear and trig schedules; forward, backward, to and from the data end; 64 points per solve) the
+measured relative error ``|A - B| / (1 + |B|)`` is <= 5e-12, i.e. >= 200x inside the promised
+1e-9 (rtol = 1e-10 measured <= 8.4e-11 at ~40% fewer steps). float32: rtol = atol = 1e-5.
+Failures raise :class:`ODESolverError` (step budget exhausted, step-size underflow, non-finite
+velocity); the oracle never returns NaN.
 """
 
 from __future__ import annotations
