@@ -110,6 +110,7 @@ def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
 
 
 def check_tolerances(rtol: float | None, atol: float | None, dtype: torch.dtype) -> tuple[float, float]:
+    """Validated (rtol, atol): None takes the dtype's default; rtol >= 10 eps(dtype), atol > 0."""
     d_rtol, d_atol = default_tolerances(dtype)
     rtol = d_rtol if rtol is None else rtol
     atol = d_atol if atol is None else atol
