@@ -1,5 +1,8 @@
-"""Diagnostics: degenerate-solution detectors, sample metrics, theory references and gradient
-statistics; see :mod:`.detectors` for the table of detectors (K26 D1-D9).
+"""Diagnostics: degenerate-solution detectors, ``diagnose``, sample metrics, theory references and
+gradient statistics.
+
+Entry point: ``diagnose(model, reference=flow, data=samples, history=rows) -> list[DetectorReport]``
+and ``format_diagnosis(reports)``; see :mod:`.detectors` for the table of detectors (K26 D1-D9).
 """
 
 from .detectors import (
@@ -21,6 +24,7 @@ from .detectors import (
     detect_wrong_field,
     map_error,
 )
+from .diagnose import MAP_DETECTORS, diagnose, diagnosis_dict, format_diagnosis
 from .gradients import (
     Bins,
     GradientReport,
@@ -64,6 +68,7 @@ from .theory import (
 
 __all__ = [
     "DETECTORS",
+    "MAP_DETECTORS",
     "SAMPLE_METRICS",
     "Bins",
     "DetectorReport",
@@ -91,9 +96,12 @@ __all__ = [
     "detect_time_oscillation",
     "detect_wrong_coupling",
     "detect_wrong_field",
+    "diagnose",
+    "diagnosis_dict",
     "energy_distance",
     "flow_matching_floor",
     "flow_matching_floor_mc",
+    "format_diagnosis",
     "global_norm",
     "gradient_report",
     "histogram_kl",
