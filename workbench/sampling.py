@@ -5,8 +5,9 @@
   exact X_{0,1}(x_0) (semigroup X_{u,t} o X_{s,u} = X_{s,t}); a learned map drifts with N.
 * ODE sampling of dx/dt = b_t(x) with b_t = ``flow.velocity(t, x)`` (for a model, its diagonal
   v_{t,t}): fixed-step explicit Runge-Kutta (Euler, order 1; Heun and midpoint, order 2; RK4,
-  order 4) on a grid, or adaptive Dormand-Prince 5(4) (our own, batched: one step size for the
-  batch, the error norm is the maximum over samples of the RMS over coordinates).
+  order 4) on a grid, or adaptive Dormand-Prince 5(4) (the flow layer's batched ODE oracle
+  ``workbench.flows.ode.solve_flow``: one step size for the batch, the error norm is the maximum
+  over samples of the RMS over coordinates).
 
 Any object with ``flow_map(s, t, x)`` / ``velocity(t, x)`` works: analytic flows, neural flow
 maps, ``workbench.models.ExactFlowMap``. Functions keep autograd as the caller has it; wrap calls
@@ -15,7 +16,6 @@ in ``torch.no_grad()`` to sample without building a graph. Grids may also run ba
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -136,24 +136,10 @@ def sample_ode(
 
 
 # -- adaptive Dormand-Prince 5(4) ----------------------------------------------------------------
-_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_DP_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-_DP_B5 = _DP_A[6] + (0.0,)
-_DP_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
-_DP_E = tuple(p - q for p, q in zip(_DP_B5, _DP_B4))
-
-
 @dataclass(frozen=True)
 class AdaptiveSample:
-    """Result of :func:`sample_ode_adaptive`: the state x at the end time and the solver's counts."""
+    """Result of :func:`sample_ode_adaptive`: the state x at the end time and the solver's counts
+    (accepted steps, rejected steps, velocity evaluations)."""
 
     x: torch.Tensor
     n_steps: int
@@ -167,53 +153,26 @@ def sample_ode_adaptive(
     *,
     s: float = 0.0,
     t: float = 1.0,
-    rtol: float = 1e-6,
+    rtol: float | None = None,
     atol: float = 1e-8,
     max_steps: int = 10_000,
 ) -> AdaptiveSample:
-    """Solve dx/dt = flow.velocity(tau, x) from time s to t with Dormand-Prince 5(4) (FSAL).
+    """Solve dx/dtau = flow.velocity(tau, x) from time s to t with adaptive Dormand-Prince 5(4).
 
-    A step h is accepted when max_batch sqrt(mean_dims(e_i / (atol + rtol max(|x_i|, |x_new,i|)))^2)
-    <= 1 (e the embedded error estimate); the next h is h * clip(0.9 err^(-1/5), 0.2, 5).
-    Raises RuntimeError after ``max_steps`` steps or on a non-finite state.
+    The solve is the flow layer's batched oracle :func:`workbench.flows.ode.solve_flow` (FSAL,
+    PI step control): a step is accepted when max_batch sqrt(mean_dims(e_i / (atol + rtol
+    max(|x_i|, |x_new,i|)))^2) <= 1, e the embedded error estimate, so every sample meets the
+    tolerance. ``rtol`` defaults to 1e-6, or 10 eps of x0's dtype when that is larger (the
+    oracle's floor; float32: 1.19e-6). Raises RuntimeError (``ODESolverError``) after
+    ``max_steps`` step attempts or on a non-finite velocity.
     """
+    from .flows.ode import solve_flow
+
     x = check_state(x0, None, "x0")
     if not (0.0 <= s <= 1.0 and 0.0 <= t <= 1.0):
         raise ValueError(f"s and t must lie in [0, 1], got s={s!r}, t={t!r}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got {rtol!r}, {atol!r}")
-    span = t - s
-    if span == 0.0:
-        return AdaptiveSample(x=x, n_steps=0, n_rejected=0, nfev=0)
-    direction = math.copysign(1.0, span)
-    tau, h = s, direction * min(abs(span), 0.05)
-    k1 = flow.velocity(tau, x)
-    nfev, n_steps, n_rejected = 1, 0, 0
-    flat = lambda v: v.reshape(v.shape[0], -1)  # noqa: E731
-    while direction * (t - tau) > 0:
-        if n_steps + n_rejected >= max_steps:
-            raise RuntimeError(f"sample_ode_adaptive exceeded max_steps={max_steps} at time {tau:.6g}; raise max_steps or rtol")
-        last = direction * (tau + h - t) >= 0
-        if last:
-            h = t - tau
-        tau_next = t if last else tau + h  # land exactly on t (tau + h can round past it)
-        ks = [k1]
-        for ci, ai in zip(_DP_C[1:], _DP_A[1:]):
-            xi = x + h * sum(a * kj for a, kj in zip(ai, ks) if a != 0.0)
-            ks.append(flow.velocity(tau_next if ci == 1.0 else tau + ci * h, xi))
-        nfev += 6
-        x_new = x + h * sum(b * ki for b, ki in zip(_DP_B5, ks) if b != 0.0)
-        err_vec = h * sum(e * ki for e, ki in zip(_DP_E, ks) if e != 0.0)
-        if not bool(torch.isfinite(x_new).all()):
-            raise RuntimeError(f"non-finite state in sample_ode_adaptive at time {tau:.6g}")
-        scale = atol + rtol * torch.maximum(flat(x).abs(), flat(x_new).abs())
-        err = float((flat(err_vec) / scale).pow(2).mean(dim=1).sqrt().max())
-        factor = 5.0 if err == 0.0 else min(5.0, max(0.2, 0.9 * err ** (-0.2)))
-        if err <= 1.0:
-            tau, x, k1 = tau_next, x_new, ks[6]  # FSAL: the last stage is b at the new point
-            n_steps += 1
-        else:
-            n_rejected += 1
-            factor = min(factor, 1.0)
-        h = h * factor
-    return AdaptiveSample(x=x, n_steps=n_steps, n_rejected=n_rejected, nfev=nfev)
+    if rtol is None:
+        rtol = max(1e-6, 10 * torch.finfo(x.dtype).eps)
+    sol = solve_flow(flow.velocity, s, t, x, rtol=rtol, atol=atol, max_steps=max_steps)
+    st = sol.stats
+    return AdaptiveSample(x=sol.x, n_steps=st.n_steps, n_rejected=st.n_rejected, nfev=st.nfev)

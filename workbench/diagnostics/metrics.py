@@ -22,6 +22,7 @@ import torch
 
 from ..core.times import broadcast_time, expand_as_state
 from ..core.validation import check_finite, check_positive_int, check_tensor
+from ..sampling import sample_flow_map, sample_ode
 
 _CHUNK = 2048
 
@@ -212,34 +213,37 @@ def histogram_kl(data: torch.Tensor, model: torch.Tensor, *, bins: int = 64,
 
 # -- sampling with a flow map -----------------------------------------------------------------------
 def sample_with_steps(model: object, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
-    """N-step flow-map sampling x_{k+1} = X_{t_k, t_{k+1}}(x_k), t_k = k / N, from x_0 = noise (t = 0)."""
+    """N-step flow-map sampling x_{k+1} = X_{t_k, t_{k+1}}(x_k), t_k = k / N, from x_0 = noise (t = 0),
+    without gradients (:func:`workbench.sampling.sample_flow_map` on the uniform grid)."""
     check_positive_int(n_steps, "n_steps")
-    x = x0
     with torch.no_grad():
-        for k in range(n_steps):
-            x = model.flow_map(k / n_steps, (k + 1) / n_steps, x)
-    return x
+        return sample_flow_map(model, x0, n_steps=n_steps)
+
+
+class _Normalised:
+    """dy/dtau = (t - s) b_{u(tau)}(y), u(tau) = lerp(s, t, tau): per-sample (s, t) on one grid tau in [0, 1]."""
+
+    def __init__(self, velocity: Callable, s: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> None:
+        self.b, self.s, self.t = velocity, s, t
+        self.span = expand_as_state(t - s, x)
+
+    def velocity(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # lerp is exact at both ends, so the stage times stay in [s, t] and hit t at tau = 1
+        return self.span * self.b(torch.lerp(self.s, self.t, tau.to(self.s.dtype)), y)
 
 
 def rk4_flow(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], s: object, t: object,
              x: torch.Tensor, *, n_steps: int = 64) -> torch.Tensor:
     """Classical fixed-step RK4 for dx/dtau = velocity(tau, x) from tau = s to tau = t (per-sample s, t
-    allowed, t < s runs backward), n_steps steps of h = (t - s) / n_steps; global error O(h^4)."""
+    allowed, t < s runs backward), n_steps steps of h = (t - s) / n_steps; global error O(h^4).
+
+    Runs :func:`workbench.sampling.sample_ode` (method "rk4") on the normalised problem
+    dy/dr = (t - s) velocity(s + r (t - s), y), r in [0, 1], which takes the same steps.
+    """
     check_positive_int(n_steps, "n_steps")
     x = _samples(x, "x").reshape(x.shape)
     sb, tb = broadcast_time(s, x, "s"), broadcast_time(t, x, "t")
-    he = expand_as_state((tb - sb) / n_steps, x)
-
-    def at(frac: float) -> torch.Tensor:  # lerp is exact at both ends, so stage times stay in [s, t]
-        return torch.lerp(sb, tb, frac)
-
-    for k in range(n_steps):
-        k1 = velocity(at(k / n_steps), x)
-        k2 = velocity(at((k + 0.5) / n_steps), x + 0.5 * he * k1)
-        k3 = velocity(at((k + 0.5) / n_steps), x + 0.5 * he * k2)
-        k4 = velocity(at((k + 1) / n_steps), x + he * k3)
-        x = x + he * (k1 + 2 * k2 + 2 * k3 + k4) / 6
-    return x
+    return sample_ode(_Normalised(velocity, sb, tb, x), x, method="rk4", n_steps=n_steps)
 
 
 @dataclass(frozen=True)
