@@ -1,10 +1,11 @@
-"""Diagnostics: degenerate-solution detectors, ``diagnose``, sample metrics, theory references and
-gradient statistics.
+"""Diagnostics: degenerate-solution detectors, ``diagnose``, sample metrics, theory references,
+gradient statistics and trainer callbacks. Reaches into training only through callbacks.
 
 Entry point: ``diagnose(model, reference=flow, data=samples, history=rows) -> list[DetectorReport]``
 and ``format_diagnosis(reports)``; see :mod:`.detectors` for the table of detectors (K26 D1-D9).
 """
 
+from .callbacks import DiagnosisCallback, PeriodicDiagnosticsCallback, TrainingSignalsCallback, resolve_reference
 from .detectors import (
     DETECTORS,
     DetectorReport,
@@ -72,13 +73,16 @@ __all__ = [
     "SAMPLE_METRICS",
     "Bins",
     "DetectorReport",
+    "DiagnosisCallback",
     "DiagonalAgreement",
     "GradientReport",
     "MonteCarloEstimate",
     "NonFiniteOutput",
+    "PeriodicDiagnosticsCallback",
     "Probe",
     "StepsQuality",
     "TermGradientStats",
+    "TrainingSignalsCallback",
     "bin_by_gap",
     "bin_by_times",
     "count_nonfinite",
@@ -116,6 +120,7 @@ __all__ = [
     "parameter_gradients",
     "per_sample_grad_norms",
     "quality_vs_steps",
+    "resolve_reference",
     "rk4_flow",
     "sample_with_steps",
     "sliced_wasserstein2",

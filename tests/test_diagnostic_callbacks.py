@@ -1,0 +1,190 @@
+"""Diagnostic callbacks: the per-step signals against numpy on a hand-made StepRecord, the periodic
+gradient anatomy against an independent per-sample gradient computation (torch.func vmap, numpy
+binning), the (s, t) map-error grid on exact and identity maps, and a tiny training run that
+produces every file (metrics.jsonl signals, diagnostics/*.npz, diagnosis.md / diagnosis.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data import FlowData
+from workbench.diagnostics import (
+    DiagnosisCallback,
+    PeriodicDiagnosticsCallback,
+    TrainingSignalsCallback,
+    per_sample_grad_norms,
+)
+from workbench.flows import degenerate as dg
+from workbench.flows import make_flow
+from workbench.losses.base import ObjectiveResult, TimeBatch
+from workbench.models import ExactFlowMap, make_mlp_flow_map
+from workbench.training import (
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    StepRecord,
+    TrainConfig,
+    TrainContext,
+    Trainer,
+    read_metrics,
+)
+
+F64 = torch.float64
+
+
+class ToyObjective:
+    """loss_i = |X_{s_i,t_i}(I_{s_i}) - I_{t_i}|^2 on the straight path I_u = (1 - u) x0 + u x1; terms "a" and
+    "b" on the two halves of the batch. ``loss_fn`` takes the randomness as inputs (for torch.func)."""
+
+    name = "toy"
+
+    @staticmethod
+    def draw(x1, generator):
+        x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype)
+        st = torch.rand(x1.shape[0], 2, generator=generator, dtype=x1.dtype).sort(dim=1).values
+        return x0, st[:, 0].contiguous(), st[:, 1].contiguous()
+
+    @staticmethod
+    def loss_fn(model, x1, x0, s, t):
+        xs = (1 - s)[:, None] * x0 + s[:, None] * x1
+        xt = (1 - t)[:, None] * x0 + t[:, None] * x1
+        return (model.flow_map(s, t, xs) - xt).pow(2).sum(dim=1)
+
+    def __call__(self, model, x1, generator=None):
+        x0, s, t = self.draw(x1, generator)
+        loss = self.loss_fn(model, x1, x0, s, t)
+        h = loss.shape[0] // 2
+        return ObjectiveResult(loss=loss, terms={"a": loss[:h], "b": loss[h:]},
+                               times=TimeBatch(s=s, t=t, diagonal=torch.zeros_like(s, dtype=torch.bool)))
+
+
+def make_ctx(tmp_path: Path, model, flow, *, step: int = 5, seed: int = 3) -> TrainContext:
+    cfg = TrainConfig(steps=10, device="cpu", dtype="float64", progress=False, tensorboard=False)
+    return TrainContext(model=model, ema={}, objective=ToyObjective(), optimizer=None, config=cfg, run_dir=tmp_path,
+                        device=torch.device("cpu"), dtype=F64, data=FlowData(flow), logger=lambda m, s: None,
+                        generator=torch.Generator().manual_seed(seed), step=step)
+
+
+# -- cheap signals ----------------------------------------------------------------------------------
+def test_signals_against_numpy():
+    loss = torch.tensor([0.5, 2.0, float("nan"), 1.0, 4.0, 3.0], dtype=F64)
+    tangent = torch.tensor([1.0, float("inf"), 3.0], dtype=F64)
+    result = ObjectiveResult(loss=loss, terms={"a": loss[:3]}, aux={"tangent_norm": tangent},
+                             times=TimeBatch(s=torch.zeros(6), t=torch.ones(6), diagonal=torch.zeros(6, dtype=torch.bool)))
+    cb = TrainingSignalsCallback()
+    cb.on_train_start(None)
+    outs = []
+    for k, clipped in enumerate([True, False, True, False], start=1):
+        rec = StepRecord(step=k, loss=float("nan"), terms={"a": 1.5}, grad_norm=2.0 * k, clipped=clipped,
+                         n_nonfinite_grad=3 if k == 2 else 0, skipped=k == 2, lr=1e-3, seconds=0.01, result=result,
+                         x1=torch.zeros(6, 1))
+        outs.append(cb.on_step_end(None, rec))
+    out = outs[-1]
+    finite = loss.numpy()[np.isfinite(loss.numpy())]
+    assert out["signals/loss_p50"] == pytest.approx(np.quantile(finite, 0.5), rel=1e-12)
+    assert out["signals/loss_p90"] == pytest.approx(np.quantile(finite, 0.9), rel=1e-12)
+    assert out["signals/loss_max"] == pytest.approx(finite.max())
+    assert out["signals/aux/tangent_norm_mean"] == pytest.approx(2.0)
+    assert out["signals/aux/tangent_norm_max"] == pytest.approx(3.0)
+    assert out["signals/aux/tangent_norm_nonfinite"] == 1
+    assert out["signals/clipped_frac"] == pytest.approx(0.5)
+    assert out["signals/nonfinite_grad_total"] == 3 and out["signals/skipped_total"] == 1
+    assert out["signals/grad_norm"] == 8.0 and out["signals/terms/a"] == 1.5
+
+
+# -- periodic: gradients ----------------------------------------------------------------------------
+def test_periodic_gradients_match_vmap_per_sample(tmp_path):
+    flow = make_flow("gaussian_2d")
+    torch.manual_seed(0)
+    model = make_mlp_flow_map(2, hidden=16, depth=2).to(F64)
+    ctx = make_ctx(tmp_path, model, flow)
+    replay = torch.Generator().manual_seed(3)  # the callback's stream, replayed
+    cb = PeriodicDiagnosticsCallback(every=1, reference=None, n_grad=24, bins=4, steps=())
+    cb.on_train_start(ctx)
+    out = cb.on_step_end(ctx, None)
+    x1 = flow.sample_data(24, replay, dtype=F64)
+    x0, s, t = ToyObjective.draw(x1, replay)
+    norms = per_sample_grad_norms(model, ToyObjective.loss_fn, x1, x0, s, t).detach().numpy()
+    with np.load(tmp_path / "diagnostics" / "grad_bins.npz") as z:
+        st_sum, st_count, gap_sum = z["st_sum"][-1], z["st_count"][-1], z["gap_sum"][-1]
+        assert list(z["steps"]) == [5] and z["s_edges"].shape == (5,)
+    ref_sum, _, _ = np.histogram2d(s.numpy(), t.numpy(), bins=4, range=[[0, 1], [0, 1]], weights=norms)
+    ref_count, _, _ = np.histogram2d(s.numpy(), t.numpy(), bins=4, range=[[0, 1], [0, 1]])
+    np.testing.assert_allclose(st_sum, ref_sum, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(st_count, ref_count)
+    ref_gap, _ = np.histogram((t - s).numpy(), bins=4, range=(0, 1), weights=norms)
+    np.testing.assert_allclose(gap_sum, ref_gap, rtol=1e-10, atol=1e-12)
+    # per-term norm: |grad of the mean of term "a"| recomputed directly
+    loss = ToyObjective.loss_fn(model, x1, x0, s, t)
+    g = torch.autograd.grad(loss[:12].mean(), list(model.parameters()))
+    assert out["grads/term/a"] == pytest.approx(float(torch.sqrt(sum((v**2).sum() for v in g))), rel=1e-10)
+    assert -1.0 <= out["grads/cos/a|b"] <= 1.0
+    assert any(k.startswith("grads/module/") for k in out)
+    assert all(p.grad is None for p in model.parameters())  # .grad untouched
+
+
+# -- periodic: map error grid ------------------------------------------------------------------------
+def test_map_error_grid_exact_and_identity(tmp_path):
+    flow = make_flow("gaussian_2d")
+    for model, tag in ((ExactFlowMap(flow), "exact"), (dg.identity_map(flow), "identity")):
+        run = tmp_path / tag
+        ctx = make_ctx(run, model, flow)
+        cb = PeriodicDiagnosticsCallback(every=1, reference=flow, gradients=False, grid=4, n_cell=8, steps=(1, 2),
+                                         n_samples=64)
+        cb.on_train_start(ctx)
+        out = cb.on_step_end(ctx, None)
+        with np.load(run / "diagnostics" / "map_error.npz") as z:
+            rmse, spread = z["rmse"][-1], z["spread"]
+        upper = np.triu(np.ones((4, 4), dtype=bool))
+        assert np.isnan(rmse[~upper]).all() and np.isfinite(rmse[upper]).all() and (spread[upper] > 0).all()
+        if tag == "exact":
+            assert rmse[upper].max() < 1e-12 and out["periodic/map_rmse"] < 1e-12
+            assert out["quality/drift/2"] < 1e-12  # semigroup: 2 steps = 1 step
+        else:
+            # the identity misses X*_{s,t}(x) - x, which grows with the gap: the far corner is the worst
+            assert rmse[0, 3] == rmse[upper].max() and rmse[0, 3] > 1.0
+            assert out["periodic/map_rmse"] > 0.5
+
+
+# -- a tiny training run ------------------------------------------------------------------------------
+def test_tiny_training_run_writes_every_file(tmp_path):
+    cfg = TrainConfig(model=ModelConfig(hidden=16, depth=2, zero_init=True),
+                      data=DataConfig("gaussian", {"mean": [1.0, -1.0], "cov": [[1.0, 0.6], [0.6, 0.5]]}),
+                      objective=ObjectiveConfig("lsd"), optim=OptimConfig(lr=1e-4), batch_size=32, steps=8,
+                      device="cpu", ema_rates=(0.9,), log_every=4, checkpoint_every=0, progress=False,
+                      tensorboard=False)
+    callbacks = [TrainingSignalsCallback(),
+                 PeriodicDiagnosticsCallback(every=4, n_grad=8, bins=4, grid=3, n_cell=4, steps=(1, 2), n_samples=64,
+                                             include_ema=True),
+                 DiagnosisCallback(every=4, n=64)]
+    res = Trainer(cfg, tmp_path / "run", callbacks=callbacks).fit()
+    run = res.run_dir
+    assert res.status == "completed"
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows if "signals/grad_norm" in r] == list(range(1, 9))
+    assert all("signals/aux/tangent_norm_mean" in r for r in rows if "signals/grad_norm" in r)
+    periodic = [r for r in rows if "grads/total" in r]
+    assert [r["step"] for r in periodic] == [4, 8]
+    assert all("periodic/map_rmse" in r and "periodic/ema0.9/map_rmse" in r and "quality/energy/2" in r
+               for r in periodic)
+    for name in ("grad_bins.npz", "map_error.npz", "map_error_ema0.9.npz"):
+        assert (run / "diagnostics" / name).is_file()
+    with np.load(run / "diagnostics" / "grad_bins.npz") as z:
+        assert z["st_sum"].shape == (2, 4, 4) and list(z["steps"]) == [4, 8]
+        assert z["st_count"].sum(axis=(1, 2)).tolist() == [8, 8]
+    doc = json.loads((run / "diagnosis.json").read_text())
+    assert set(doc["models"]) == {"model", "ema0.9"}
+    # zero-initialised network = the identity map (K26 D1), still there after 8 small steps
+    assert "identity" in doc["models"]["model"]["fired"]
+    assert doc["first_fired"]["identity"] == 4
+    assert any(r["step"] == 4 and r.get("diagnosis/identity_fired") == 1.0 for r in rows)
+    md = (run / "diagnosis.md").read_text()
+    assert "FIRED identity [D1]" in md and "first fired at step" in md
+    assert not math.isnan(doc["models"]["model"]["reports"][1]["statistic"])

@@ -1,0 +1,346 @@
+"""Trainer callbacks that instrument a run without changing it (K26 digest section 4, "instrumentation").
+
+* :class:`TrainingSignalsCallback` (cheap, every step): global gradient norm, per-term loss means,
+  per-sample loss quantiles, non-finite counts, clipped / skipped steps and the objective's ``aux``
+  diagnostics (tangent, target, residual norms: mean and max), all read off the ``StepRecord``.
+* :class:`PeriodicDiagnosticsCallback` (expensive, own cadence): per-term gradient norms and cosines,
+  per-module gradient norms, per-sample gradient norms binned over (s, t) and over the gap t - s,
+  the flow-map error against the oracle on an (s, t) grid when a reference flow is known, and
+  sample quality against the number of steps. Bin and grid arrays go to ``run_dir/diagnostics/*.npz``
+  (one slice per evaluation, for heat maps).
+* :class:`DiagnosisCallback`: runs :func:`~workbench.diagnostics.diagnose` (optionally every
+  ``every`` steps, recording when each detector first fired) and at the end of training writes
+  ``run_dir/diagnosis.md`` and ``run_dir/diagnosis.json`` for the model and its EMAs.
+
+Randomness comes only from ``ctx.generator`` / ``ctx.sample_batch`` (the callbacks' own stream), and
+gradients are taken with ``torch.autograd.grad`` (``.grad`` is never touched), so attaching these
+callbacks leaves the training trajectory unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..training.callbacks import Callback, StepRecord, TrainContext
+from .detectors_base import F64, Probe, evaluating
+
+DIAG_DIR = "diagnostics"
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to ``path`` atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def resolve_reference(reference: object, ctx: TrainContext) -> object:
+    """``"auto"``: the data source's analytic flow (``ctx.data.as_flow()``) when it has one and its
+    interpolant matches the objective's; otherwise the given flow (or None)."""
+    if not (isinstance(reference, str) and reference == "auto"):
+        return reference
+    as_flow = getattr(ctx.data, "as_flow", None)
+    if as_flow is None:
+        return None
+    try:
+        flow = as_flow()
+    except (ValueError, NotImplementedError, TypeError):
+        return None
+    ip_obj, ip_flow = getattr(ctx.objective, "interpolant", None), getattr(flow, "interpolant", None)
+    if ip_obj is not None and ip_flow is not None and getattr(ip_obj, "name", None) != getattr(ip_flow, "name", None):
+        warnings.warn(f"the data's analytic flow uses the {ip_flow.name!r} interpolant but the objective trains "
+                      f"{ip_obj.name!r}; no reference flow for the diagnostics (pass reference= explicitly)", stacklevel=3)
+        return None
+    return flow
+
+
+def _models(ctx: TrainContext, include_ema: bool) -> list[tuple[str, torch.nn.Module]]:
+    out = [("model", ctx.model)]
+    if include_ema:
+        out += [(f"ema{rate:g}", m) for rate, m in ctx.ema.items()]
+    return out
+
+
+# -- cheap, every step -------------------------------------------------------------------------------
+class TrainingSignalsCallback(Callback):
+    """Per-step signals from the StepRecord only (no extra forward or backward pass).
+
+    Logged keys (prefix ``signals/``): ``grad_norm``, ``n_nonfinite_grad``, ``nonfinite_grad_total``,
+    ``skipped_total``, ``clipped_frac`` (share of steps so far whose gradient was clipped),
+    ``terms/<name>`` (batch means), ``loss_p50`` / ``loss_p90`` / ``loss_max`` (per-sample loss
+    quantiles, K26 G8), ``aux/<name>_mean`` and ``aux/<name>_max`` over the finite entries of each
+    ``result.aux`` tensor, and ``aux/<name>_nonfinite`` when some are not finite.
+    All tensor reductions are gathered into one host transfer per step.
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.every = every
+        self.n_steps = self.n_clipped = self.n_skipped = self.n_bad_grad = 0
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        self.n_steps = self.n_clipped = self.n_skipped = self.n_bad_grad = 0
+
+    def on_step_end(self, ctx: TrainContext, record: StepRecord) -> dict[str, float]:
+        self.n_steps += 1
+        self.n_clipped += int(record.clipped)
+        self.n_skipped += int(record.skipped)
+        self.n_bad_grad += int(record.n_nonfinite_grad)
+        names, values = [], []
+        loss = record.result.loss.detach().reshape(-1)
+        if loss.numel():
+            ok = torch.isfinite(loss)
+            finite = torch.where(ok, loss, torch.zeros_like(loss))
+            q = torch.quantile(loss[ok].to(F64), torch.tensor([0.5, 0.9], dtype=F64, device=loss.device)) \
+                if bool(ok.any()) else torch.full((2,), math.nan, dtype=F64, device=loss.device)
+            names += ["loss_p50", "loss_p90", "loss_max"]
+            values += [q[0], q[1], finite.max().to(F64) if bool(ok.any()) else torch.tensor(math.nan, dtype=F64)]
+        for key, v in record.result.aux.items():
+            v = v.detach().reshape(-1)
+            if v.numel() == 0 or not v.is_floating_point():
+                continue
+            ok = torch.isfinite(v)
+            n_ok = ok.sum()
+            vals = torch.where(ok, v, torch.zeros_like(v)).to(F64)
+            names += [f"aux/{key}_mean", f"aux/{key}_max", f"aux/{key}_nonfinite"]
+            values += [vals.sum() / n_ok.clamp_min(1), torch.where(ok, v.to(F64), torch.full_like(vals, -math.inf)).max(),
+                       (v.numel() - n_ok).to(F64)]
+        out: dict[str, float] = {}
+        if values:
+            host = torch.stack([torch.as_tensor(v, dtype=F64).to("cpu") for v in values]).tolist()
+            for k, v in zip(names, host):
+                if k.endswith("_nonfinite") and v == 0:
+                    continue
+                out[f"signals/{k}"] = v if math.isfinite(v) else math.nan
+        out.update({f"signals/terms/{k}": v for k, v in record.terms.items()})
+        out.update({
+            "signals/grad_norm": record.grad_norm,
+            "signals/n_nonfinite_grad": record.n_nonfinite_grad,
+            "signals/nonfinite_grad_total": self.n_bad_grad,
+            "signals/skipped_total": self.n_skipped,
+            "signals/clipped_frac": self.n_clipped / self.n_steps,
+        })
+        return out
+
+
+# -- expensive, periodic ------------------------------------------------------------------------------
+class PeriodicDiagnosticsCallback(Callback):
+    """Gradient anatomy, flow-map error on an (s, t) grid and quality vs steps, every ``every`` steps.
+
+    Gradients (on a fresh batch of ``n_grad`` samples from ``ctx.sample_batch``, the objective drawing
+    its noise and times from ``ctx.generator``): ``grads/term/<name>`` |grad of each term's batch mean|,
+    ``grads/cos/<a>|<b>`` their cosines, ``grads/total``, ``grads/module/<name>`` per-module norms, and
+    per-sample norms |grad l_i| (one backward pass per sample) binned over (s, t) (``bins`` x ``bins``
+    cells of [0, 1]^2) and over the gap, saved to ``diagnostics/grad_bins.npz`` (arrays ``steps``,
+    ``st_sum``, ``st_count``, ``gap_sum``, ``gap_count``, ``s_edges``, ``t_edges``, ``gap_edges``; one
+    slice per evaluation; mean = sum / count).
+
+    Flow-map error (when ``reference`` is a flow, or ``"auto"`` finds ``ctx.data.as_flow()``): on a
+    ``grid`` x ``grid`` partition of s <= t, ``n_cell`` points per cell with (s, t) uniform in the cell
+    and x ~ p_s, the oracle evaluated once at the start; the RMS error per cell goes to
+    ``diagnostics/map_error.npz`` (``steps``, ``rmse`` (k, grid, grid), NaN below the diagonal,
+    ``spread`` the reference RMS spread per cell, ``edges``), its overall RMS to ``periodic/map_rmse``.
+
+    Quality vs steps: ``workbench.diagnostics.metrics.quality_vs_steps`` against ``n_samples`` fresh
+    data samples for ``steps`` (``quality/<metric>/<N>`` and ``quality/drift/<N>``).
+    ``include_ema`` repeats the map error and quality for every EMA model; ``gradients=False`` skips
+    the gradient part (e.g. for a model without parameters), ``steps=()`` the quality part.
+    """
+
+    def __init__(self, every: int = 500, *, reference: object = "auto", n_grad: int = 64, bins: int = 16,
+                 grid: int = 8, n_cell: int = 32, steps: Sequence[int] = (1, 2, 4, 8), n_samples: int = 512,
+                 metrics: Sequence[str] = ("sliced_w2", "energy"), include_ema: bool = False, gradients: bool = True,
+                 seed: int = 0) -> None:
+        for name, v in (("every", every), ("n_grad", n_grad), ("bins", bins), ("grid", grid), ("n_cell", n_cell),
+                        ("n_samples", n_samples)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.every, self.reference, self.n_grad, self.bins, self.grid = every, reference, n_grad, bins, grid
+        self.n_cell, self.steps, self.n_samples, self.metrics = n_cell, tuple(steps), n_samples, tuple(metrics)
+        self.include_ema, self.gradients, self.seed = include_ema, gradients, seed
+        self._ref = None
+        self._eval: tuple[torch.Tensor, ...] | None = None
+        self._grad_hist: dict[str, list] = {}
+        self._map_hist: dict[str, dict[str, list]] = {}
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        self._ref = resolve_reference(self.reference, ctx)
+        self._eval = None
+        if self._ref is not None:
+            self._eval = self._grid_eval_set(self._ref)
+
+    # -- (s, t) grid against the oracle ------------------------------------------------------------
+    def _grid_eval_set(self, flow: object) -> tuple[torch.Tensor, ...]:
+        G, m = self.grid, self.n_cell
+        t_max = 1.0 - 1e-3 if getattr(flow, "singular_at_data", False) else 1.0
+        g = torch.Generator().manual_seed(self.seed)
+        ii, jj = torch.triu_indices(G, G)  # cells i <= j (s-cell i, t-cell j)
+        cell = torch.arange(ii.numel()).repeat_interleave(m)
+        u = torch.rand(cell.numel(), 2, generator=g, dtype=F64)
+        s = (ii[cell] + u[:, 0]) / G
+        t = (jj[cell] + u[:, 1]) / G
+        s, t = torch.minimum(s, t) * t_max, torch.maximum(s, t) * t_max
+        x = flow.sample_marginal(s, s.numel(), g, dtype=F64)
+        ref = flow.flow_map(s, t, x).to(F64)
+        return s, t, x, ref, ii, jj, cell
+
+    @torch.no_grad()
+    def _map_errors(self, model: torch.nn.Module, ctx: TrainContext) -> tuple[np.ndarray, np.ndarray, float]:
+        s, t, x, ref, ii, jj, cell = self._eval
+        dtype = ctx.dtype
+        with evaluating(model):
+            out = model.flow_map(s.to(ctx.device, dtype), t.to(ctx.device, dtype), x.to(ctx.device, dtype))
+        err2 = (out.to("cpu", F64) - ref).pow(2).sum(dim=1)
+        n_cells = ii.numel()
+        per = torch.zeros(n_cells, dtype=F64).index_add_(0, cell, err2) / self.n_cell
+        spread = torch.zeros(n_cells, dtype=F64).index_add_(0, cell, (ref - ref.mean(0)).pow(2).sum(dim=1)) / self.n_cell
+        grid = torch.full((self.grid, self.grid), math.nan, dtype=F64)
+        grid_spread = grid.clone()
+        grid[ii, jj] = per.sqrt()
+        grid_spread[ii, jj] = spread.sqrt()
+        return grid.numpy(), grid_spread.numpy(), float(err2.mean().sqrt())
+
+    # -- gradients ----------------------------------------------------------------------------------
+    def _objective(self, ctx: TrainContext) -> Any:
+        at_step = getattr(ctx.objective, "at_step", None)
+        return at_step(max(ctx.step, 1), ctx.config.steps) if callable(at_step) else ctx.objective
+
+    def _gradients(self, ctx: TrainContext) -> dict[str, float]:
+        from .gradients import bin_by_gap, bin_by_times, gradient_report, parameter_gradients, term_gradient_stats
+
+        model = ctx.model
+        x1 = ctx.sample_batch(self.n_grad)
+        with torch.enable_grad():
+            result = self._objective(ctx)(model, x1, generator=ctx.generator)
+            stats = term_gradient_stats(model, result)
+            rep = gradient_report(parameter_gradients(model, result.loss.mean(), retain_graph=True))
+            params = [p for p in model.parameters() if p.requires_grad]
+            norms = []
+            for i in range(result.loss.shape[0]):
+                g = torch.autograd.grad(result.loss[i], params, retain_graph=i + 1 < result.loss.shape[0],
+                                        allow_unused=True)
+                norms.append(torch.sqrt(sum((gi.detach().to(F64) ** 2).sum() for gi in g if gi is not None)))
+        per_sample = torch.stack(norms).cpu()
+        tb = result.times
+        s, t = tb.s.detach().cpu().to(F64), tb.t.detach().cpu().to(F64)
+        st = bin_by_times(per_sample, s, t, bins=self.bins)
+        gap = bin_by_gap(per_sample, (t - s).abs(), bins=self.bins)
+        h = self._grad_hist
+        for k, v in (("steps", ctx.step), ("st_sum", st.sum.numpy()), ("st_count", st.count.numpy()),
+                     ("gap_sum", gap.sum.numpy()), ("gap_count", gap.count.numpy())):
+            h.setdefault(k, []).append(v)
+        _save_npz(ctx.run_dir / DIAG_DIR / "grad_bins.npz", {
+            **{k: np.asarray(v) for k, v in h.items()},
+            "s_edges": st.edges[0].numpy(), "t_edges": st.edges[1].numpy(), "gap_edges": gap.edges[0].numpy()})
+        out = {f"grads/term/{k}": v for k, v in stats.norms.items()}
+        out.update({f"grads/cos/{a}|{b}": (math.nan if c is None else c) for (a, b), c in stats.cosines.items()})
+        out["grads/total"] = stats.total_norm
+        out.update({f"grads/module/{k}": v for k, v in rep.module_norms.items()})
+        out["grads/per_sample_median"] = float(per_sample.median())
+        out["grads/per_sample_max"] = float(per_sample.max())
+        return out
+
+    def on_step_end(self, ctx: TrainContext, record: StepRecord | None) -> dict[str, float]:
+        out = self._gradients(ctx) if self.gradients else {}
+        models = _models(ctx, self.include_ema)
+        if self._eval is not None:
+            for tag, model in models:
+                grid, spread, rmse = self._map_errors(model, ctx)
+                h = self._map_hist.setdefault(tag, {})
+                h.setdefault("steps", []).append(ctx.step)
+                h.setdefault("rmse", []).append(grid)
+                name = "map_error.npz" if tag == "model" else f"map_error_{tag}.npz"
+                _save_npz(ctx.run_dir / DIAG_DIR / name, {
+                    "steps": np.asarray(h["steps"]), "rmse": np.stack(h["rmse"]), "spread": spread,
+                    "edges": np.linspace(0.0, 1.0, self.grid + 1)})
+                out["periodic/map_rmse" if tag == "model" else f"periodic/{tag}/map_rmse"] = rmse
+        if self.steps:
+            from .metrics import quality_vs_steps
+
+            ref = ctx.sample_batch(self.n_samples)
+            for tag, model in models:
+                with evaluating(model):
+                    q = quality_vs_steps(model, ref, self.steps, generator=ctx.generator, metrics=self.metrics)
+                prefix = "quality" if tag == "model" else f"quality/{tag}"
+                for name, vals in q.metrics.items():
+                    out.update({f"{prefix}/{name}/{k}": v for k, v in zip(q.steps, vals)})
+                out.update({f"{prefix}/drift/{k}": v for k, v in zip(q.steps, q.drift)})
+        return out
+
+
+# -- diagnosis ----------------------------------------------------------------------------------------
+class DiagnosisCallback(Callback):
+    """Run the degenerate-solution detectors and write ``diagnosis.md`` / ``diagnosis.json`` at the end.
+
+    reference: an analytic flow, ``"auto"`` (``ctx.data.as_flow()`` when it exists and matches the
+    objective's interpolant) or None; every: run ``diagnose`` on the online model every ``every``
+    steps (0: only at the end), logging ``diagnosis/<name>`` (the statistic) and
+    ``diagnosis/<name>_fired`` (0 / 1) and recording the first step each detector fired; at the end
+    the model and (``include_ema``) each EMA are diagnosed with the training history read from
+    ``metrics.jsonl``. n: points per evaluation set; data: ``n`` samples from ``ctx.sample_batch``.
+    """
+
+    def __init__(self, *, reference: object = "auto", every: int = 0, n: int = 512, include_ema: bool = True,
+                 floor: float | None = None, seed: int = 0) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"every must be an int >= 0 (0 = only at the end), got {every!r}")
+        self.reference, self.n, self.include_ema, self.floor, self.seed = reference, n, include_ema, floor, seed
+        self.every = every if every > 0 else 2**62
+        self._ref = None
+        self._probe: Probe | None = None
+        self.first_fired: dict[str, int] = {}
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        self._ref = resolve_reference(self.reference, ctx)
+        data = ctx.sample_batch(2 * self.n)
+        self._probe = Probe(ctx.model.dim, reference=self._ref, data=data, n=self.n, device=ctx.device,
+                            generator=torch.Generator(device=ctx.device).manual_seed(self.seed))
+
+    def _diagnose(self, model: torch.nn.Module, history: list | None) -> list:
+        from .diagnose import diagnose
+
+        return diagnose(model, history=history, floor=self.floor, probe=self._probe)
+
+    def on_step_end(self, ctx: TrainContext, record: StepRecord | None) -> dict[str, float]:
+        out = {}
+        for r in self._diagnose(ctx.model, None):
+            if math.isfinite(r.statistic):
+                out[f"diagnosis/{r.name}"] = r.statistic
+            out[f"diagnosis/{r.name}_fired"] = float(r.fired)
+            if r.fired:
+                self.first_fired.setdefault(r.name, ctx.step)
+        return out
+
+    def on_train_end(self, ctx: TrainContext) -> None:
+        from ..training.metrics import read_metrics
+        from .diagnose import diagnosis_dict, format_diagnosis
+
+        history = read_metrics(ctx.run_dir)
+        doc: dict[str, Any] = {"step": ctx.step, "reference": None if self._ref is None else repr(self._ref),
+                               "first_fired": dict(self.first_fired), "models": {}}
+        md = [f"# Diagnosis at step {ctx.step}", "",
+              f"Reference flow: {doc['reference'] or 'none (sample-based detectors only)'}.", ""]
+        for tag, model in _models(ctx, self.include_ema):
+            reports = self._diagnose(model, history)
+            for r in reports:
+                if r.fired and tag == "model":
+                    self.first_fired.setdefault(r.name, ctx.step)
+            doc["models"][tag] = diagnosis_dict(reports)
+            md += [f"## {tag}", "", format_diagnosis(reports), ""]
+        doc["first_fired"] = dict(self.first_fired)
+        if self.first_fired:
+            md += ["## When (online model)", "", "| detector | first fired at step |", "| --- | --- |"]
+            md += [f"| {k} | {v} |" for k, v in sorted(self.first_fired.items(), key=lambda kv: kv[1])]
+            md.append("")
+        (ctx.run_dir / "diagnosis.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (ctx.run_dir / "diagnosis.md").write_text("\n".join(md))
