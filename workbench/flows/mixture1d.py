@@ -68,17 +68,21 @@ def safeguarded_newton(
     *,
     atol: torch.Tensor | float = 0.0,
     rtol: float | None = None,
+    ftol: torch.Tensor | float = 0.0,
     max_iter: int = 200,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Elementwise root of an increasing function f on brackets [lo, hi] (f(lo) <= 0 <= f(hi)).
 
     ``fun(y) -> (f(y), f'(y))``. Each step is Newton's, replaced by bisection when it leaves the
-    current bracket or does not halve the previous step (rtsafe); the bracket shrinks with the sign
-    of f. An element stops when its step or its bracket is below rtol |y| + atol (rtol default
-    4 eps). Returns (y, converged). With value checks disabled (under ``torch.func.vmap``) it runs
-    ``max_iter`` steps without data-dependent early exit.
+    current bracket, does not move, or (while above the tolerance) does not halve the previous step
+    (rtsafe); the bracket shrinks with the sign of f. An element stops when its bracket is below
+    tol = rtol |y| + atol (rtol default 4 eps), when |f| <= ftol (the rounding level of f), or when
+    its Newton step is below tol while |f| <= sqrt(eps) (a tiny step next to a jump of f, e.g. an
+    atom, is no evidence of a root). Returns (y, converged). With value checks disabled (under
+    ``torch.func.vmap``) it runs ``max_iter`` steps without data-dependent early exit.
     """
     rtol = 4.0 * eps(lo.dtype) if rtol is None else rtol
+    f_conv = math.sqrt(eps(lo.dtype))
     lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
     y = 0.5 * (lo + hi)
     step_old = hi - lo
@@ -89,15 +93,20 @@ def safeguarded_newton(
         lo = torch.where(f <= 0, y, lo)
         hi = torch.where(f >= 0, y, hi)
         newton = y - f / df
+        tol = rtol * y.abs() + atol
+        f_ok = f.abs() <= f_conv
+        step_newton = (newton - y).abs()
+        moving = step_newton > 0
         use_newton = (
-            torch.isfinite(newton) & (newton > lo) & (newton < hi) & ((newton - y).abs() <= 0.5 * step_old.abs())
+            torch.isfinite(newton) & (newton >= lo) & (newton <= hi) & moving
+            & ((f_ok & (step_newton <= 8 * tol)) | (step_newton <= 0.5 * step_old.abs()))
         )
+        done = done | (f.abs() <= ftol) | (f_ok & ((step_newton <= tol) | ~moving))
         y_new = torch.where(use_newton, newton, 0.5 * (lo + hi))
-        tol = rtol * y_new.abs() + atol
         step = y_new - y
         y_new = torch.where(done, y, y_new)
         step_old = torch.where(done, step_old, step)
-        done = done | (step.abs() <= tol) | ((hi - lo) <= tol) | (f == 0)
+        done = done | ((hi - lo) <= tol)
         y = y_new
         if early_exit and bool(done.all()):
             break
@@ -213,7 +222,8 @@ class Mixture1DFlow(AnalyticFlow):
             df = torch.exp(log_p - torch.where(upper, log_S, log_F))
             return f, df
 
-        y, done = safeguarded_newton(fun, lo, hi, atol=eps(x.dtype) * scale)
+        ftol = 4 * eps(x.dtype) * (1 + target.abs())
+        y, done = safeguarded_newton(fun, lo, hi, atol=eps(x.dtype) * scale, ftol=ftol)
         if value_checks_enabled() and not bool(done.all()):
             raise RuntimeError(
                 f"Mixture1DFlow.flow_map: the CDF inversion did not converge for {int((~done).sum())} point(s); "

@@ -39,10 +39,10 @@ from ..core.times import broadcast_time
 from ..core.tolerances import eps
 from ..core.validation import check_probability_vector, check_tensor, value_checks_enabled
 from .base import AnalyticFlow, as_param
-from .mixture1d import LOG_HALF, log1mexp, safeguarded_newton
+from .mixture1d import LOG_HALF, log1mexp, ndtri_exp, safeguarded_newton
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_SERIES_MAX_AB = 1000.0  # a*b below which the Poisson series is used
+_SERIES_MAX_AB = 100.0  # a*b below which the Poisson series is used (quadrature holds 5e-16 above 50)
 _GH_NODES = 64
 _GH_CACHE: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -58,16 +58,19 @@ def _stirlerr(k: torch.Tensor) -> torch.Tensor:
 
 
 def _bd0(k: torch.Tensor, mu: torch.Tensor, log_mu: torch.Tensor) -> torch.Tensor:
-    """k log(k / mu) + mu - k, by a series where k is close to mu (Loader 2000)."""
+    """k log(k / mu) + mu - k (k (K,), mu (E, 1)), by a series where k is close to mu (Loader 2000)."""
     k = k.clamp_min(1.0)
+    out = k * (torch.log(k) - log_mu) + mu - k
     near = (k - mu).abs() < 0.1 * (k + mu)
-    m = torch.where(near, mu, k)
-    v = (k - m) / (k + m)
-    v2, term, acc = v * v, v * v * v, torch.zeros_like(v)
-    for j in range(1, 30):
-        acc = acc + term / (2 * j + 1)
-        term = term * v2
-    return torch.where(near, (k - m) * v + 2 * k * acc, k * (torch.log(k) - log_mu) + mu - k)
+    if bool(near.any()):
+        kn, mn = k.expand_as(out)[near], mu.expand_as(out)[near]
+        v = (kn - mn) / (kn + mn)
+        v2, term, acc = v * v, v * v * v, torch.zeros_like(v)
+        for j in range(1, 11):  # |v| < 0.1: the terms fall by 100 each, 10 reach 1e-20 relative
+            acc = acc + term / (2 * j + 1)
+            term = term * v2
+        out = out.masked_scatter(near, (kn - mn) * v + 2 * kn * acc)
+    return out
 
 
 def _log_poisson(k: torch.Tensor, mu: torch.Tensor, log_mu: torch.Tensor) -> torch.Tensor:
@@ -80,16 +83,18 @@ def _rice_series(a, log_b):
     mu, log_mu = 0.5 * a * a, 2.0 * torch.log(a) - math.log(2.0)
     log_nu = 2.0 * log_b - math.log(2.0)
     nu = torch.exp(log_nu)
-    lower = log_nu < log_mu  # b < a: G is the small side
-    center = torch.where(lower | (nu > 600), torch.exp(0.5 * (log_mu + log_nu)), torch.maximum(nu, mu))
+    lower = log_nu < log_mu  # b < a: G is the small side, S = 1 - G
+    direct_G = lower | (nu <= 50)  # else b >= max(a, 10): G >= ~1/4, G = 1 - S is accurate
+    # the terms are Poisson-like around sqrt(mu nu) = ab/2 (tail sums) or max(mu, nu) <= 50
+    center = torch.where(direct_G & ~lower, torch.maximum(nu, mu), torch.exp(0.5 * (log_mu + log_nu)))
     c = float(center.max()) if center.numel() else 0.0
-    K = int(min(c + 12.0 * math.sqrt(c) + 40.0, 1200.0))
+    K = int(min(c + 12.0 * math.sqrt(c) + 40.0, 400.0))
     k = torch.arange(K, dtype=a.dtype, device=a.device)
     lp = _log_poisson(k, mu[:, None], log_mu[:, None])
     lq = _log_poisson(k, nu[:, None], log_nu[:, None])
     log_S = torch.logsumexp(lp + torch.logcumsumexp(lq, -1), -1)  # P(N_nu <= N_mu)
     log_G = torch.logsumexp(lq[:, 1:] + torch.logcumsumexp(lp, -1)[:, :-1], -1)  # P(N_nu > N_mu)
-    log_G = torch.where(~lower & (nu > 600), log1mexp(log_S), log_G)
+    log_G = torch.where(direct_G, log_G, log1mexp(log_S))
     log_S = torch.where(lower, log1mexp(log_G), log_S)
     return log_G, log_S
 
@@ -277,7 +282,7 @@ class RingsFlow(AnalyticFlow):
     def _solve(self, s, t, r):
         """(R*, dR/dr, dR/ds, dR/dt) in float64 without gradient; r > 0 (B,)."""
         ip = self.interpolant
-        R, _, w = self._params(r)
+        R = self._params(r)[0]
         log_G_s, log_S_s = self._log_cdf(s, r)
         upper = log_G_s > LOG_HALF
         L = torch.where(upper, log_S_s, log_G_s)
@@ -292,7 +297,8 @@ class RingsFlow(AnalyticFlow):
         )
         hi = torch.log(be * R[-1] + al_ * torch.where(upper, torch.sqrt(-2.0 * L), torch.full_like(L, 1.2)))
         pad = 1e-10 * (1.0 + torch.maximum(lo.abs(), hi.abs()))
-        lo, hi = torch.where(singular, torch.zeros_like(lo), lo - pad), torch.where(singular, torch.ones_like(hi), hi + pad)
+        # singular rows (alpha_t = 0) are answered below: an empty bracket ends their iteration at once
+        lo, hi = torch.where(singular, torch.zeros_like(lo), lo - pad), torch.where(singular, torch.zeros_like(hi), hi + pad)
 
         def fun(v):
             rho = torch.exp(v)
@@ -301,7 +307,21 @@ class RingsFlow(AnalyticFlow):
             f = torch.where(upper, L - log_S, log_G - L)
             return f, torch.exp(v + log_g - torch.where(upper, log_S, log_G))
 
-        v, done = safeguarded_newton(fun, lo, hi, atol=4 * eps(r.dtype))
+        # tighten with the Gaussian picture of one ring (radius ~ N(beta R_j, alpha^2) when alpha is small,
+        # j the ring whose share of the mass holds the level), kept only where f confirms it brackets the
+        # root: saves the ~20 linearly converging steps from afar near t = 1
+        j, q = self._ring_quantile(L, upper)
+        rho_c = be * R[j] + al_ * q
+        tiny = torch.finfo(r.dtype).tiny
+        lo_c = torch.log((rho_c - 4.0 * al_).clamp_min(tiny))
+        hi_c = torch.log((rho_c + 4.0 * al_).clamp_min(tiny))
+        ok_lo = torch.isfinite(lo_c) & (lo_c > lo) & (lo_c < hi) & ~singular
+        ok_hi = torch.isfinite(hi_c) & (hi_c > lo) & (hi_c < hi) & ~singular
+        ok_lo = ok_lo & (fun(torch.where(ok_lo, lo_c, lo))[0] <= 0)
+        ok_hi = ok_hi & (fun(torch.where(ok_hi, hi_c, hi))[0] >= 0)
+        lo, hi = torch.where(ok_lo, lo_c, lo), torch.where(ok_hi, hi_c, hi)
+        # the Rice CDF is good to a few eps relative: f = log G - L is noise below 16 eps (1 + |L|)
+        v, done = safeguarded_newton(fun, lo, hi, atol=4 * eps(r.dtype), ftol=16 * eps(r.dtype) * (1 + L.abs()))
         if value_checks_enabled() and not bool((done | singular).all()):
             raise RuntimeError(
                 f"RingsFlow.flow_map: the radial CDF inversion did not converge for {int((~done).sum())} point(s); "
@@ -314,18 +334,30 @@ class RingsFlow(AnalyticFlow):
         J_r = torch.exp(torch.log(r) + log_p_s - v - log_p_t).clamp_max(big)
         J_s, J_t = (-b_s * J_r).clamp(-big, big), b_t
         if bool(singular.any()):
-            # alpha_t = 0: the radius goes to ring j with G_s(r) in its jump; within the jump the
-            # standardised position zeta = Phi^-1((u - c_{j-1}) / pi_j) gives dR/dt = beta' R_j + alpha' zeta
-            u = torch.where(upper, -torch.expm1(L), torch.exp(L))
-            cum = torch.cumsum(w, 0)
-            j = torch.searchsorted(cum, u[:, None]).clamp_max(len(w) - 1)[:, 0]
-            frac = ((u - (cum[j] - w[j])) / w[j]).clamp(eps(r.dtype), 1 - eps(r.dtype))
-            rho_1 = be * R[j]
-            rho = torch.where(singular, rho_1, rho)
-            J_t = torch.where(singular, ip.dbeta(t) * R[j] + ip.dalpha(t) * torch.special.ndtri(frac), J_t)
+            # alpha_t = 0: the radius goes to ring j, the one whose share of the mass holds G_s(r); the
+            # standardised position q within that share gives the limit dR/dt = beta' R_j + alpha' q
+            rho = torch.where(singular, be * R[j], rho)
+            J_t = torch.where(singular, ip.dbeta(t) * R[j] + ip.dalpha(t) * q, J_t)
             J_r = torch.where(singular, torch.zeros_like(J_r), J_r)
             J_s = torch.where(singular, torch.zeros_like(J_s), J_s)
         return rho, J_r, J_s, J_t
+
+    def _ring_quantile(self, L: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(j, q): the ring j whose share of the radial mass holds the level (log G = L, or log S = L where
+        upper) and q = Phi^-1 of the level within that share, in log space at the ends."""
+        _, log_pi, w = self._params(L)
+        J = len(w)
+        cum = torch.cumsum(w, 0)
+        u = torch.where(upper, -torch.expm1(L), torch.exp(L))  # G
+        j = torch.searchsorted(cum, u[:, None]).clamp_max(J - 1)[:, 0]
+        below = torch.where(j > 0, cum[(j - 1).clamp_min(0)], torch.zeros_like(u))
+        log_frac = torch.log((u - below).clamp_min(0.0)) - log_pi[j]
+        # the first ring from below and the last from above keep full relative accuracy in log space
+        log_frac = torch.where(~upper & (j == 0), L - log_pi[0], log_frac)
+        log_frac_up = torch.where(upper & (j == J - 1), L - log_pi[J - 1], log1mexp(log_frac.clamp_max(0.0)))
+        lf = torch.where(upper, log_frac_up, log_frac).clamp_max(0.0)
+        q = torch.where(lf <= LOG_HALF, ndtri_exp(lf.clamp_max(LOG_HALF)), -ndtri_exp(log1mexp(lf).clamp_max(LOG_HALF)))
+        return j, torch.where(upper, -q, q)
 
     def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
         device = device if device is not None else (generator.device if generator is not None else "cpu")
