@@ -22,6 +22,8 @@ Second derivatives are not exact.
 
 Zero stds are atoms: then ``singular_at_data`` is True (t = 1 is singular for velocity/log_prob and as
 a start time); X_{s,1} is still defined (it sends intervals onto the atoms, derivative 0 in x there).
+``flow_map`` runs in float64 internally and returns the input dtype; under ``torch.func.vmap`` (with
+``value_checks_disabled``) the root finder runs a fixed number of steps.
 """
 
 from __future__ import annotations

@@ -24,8 +24,10 @@ The inverse is a safeguarded Newton iteration in log r with rigorous brackets (p
 |Z + a e| <= |Z| + a). Derivatives use zero-valued terms with the closed-form coefficients
 dR/dr = g_s(r) / g_t(R), dR/ds = -b_s(r) g_s(r) / g_t(R), dR/dt = b_t(R) (radial velocities), so
 autograd and ``torch.func.jvp`` give exact first derivatives (not second ones). X(0) = 0; at the
-origin X = c0 x with c0 = sqrt(p_s(0) / p_t(0)). t = 1 (alpha = 0) is singular: as a start time it
-is refused; as an end time the map sends each radius to its ring (the quantile of the ring law).
+origin X = c0 x with c0 = sqrt(p_s(0) / p_t(0)). t = 1 is singular (alpha_t <= 4 eps beta_t counts as
+t = 1: trig gives alpha_1 = 6e-17): as a start time it is refused; as an end time the map sends each
+radius to its ring (the quantile of the ring law). ``flow_map`` runs in float64 internally and returns
+the input dtype; it is not vmappable (the series length depends on the data).
 """
 
 from __future__ import annotations
