@@ -99,6 +99,29 @@ def test_signals_against_numpy():
     assert out["signals/grad_norm"] == 8.0 and out["signals/terms/a"] == 1.5
 
 
+def test_signals_summarise_a_window():
+    """Between log steps nothing is returned; the summary covers every step of the window."""
+    cb = TrainingSignalsCallback(log_every=3)
+    cb.on_train_start(None)
+    g = torch.Generator().manual_seed(0)
+    losses, outs = [], []
+    for k, grad in enumerate([1.0, 50.0, 2.0], start=1):
+        loss = torch.rand(5, generator=g, dtype=F64)
+        losses.append(loss.numpy())
+        result = ObjectiveResult(loss=loss, terms={"a": loss}, aux={},
+                                 times=TimeBatch(s=torch.zeros(5), t=torch.ones(5), diagonal=torch.zeros(5, dtype=torch.bool)))
+        rec = StepRecord(step=k, loss=float(loss.mean()), terms={"a": float(k)}, grad_norm=grad, clipped=False,
+                         n_nonfinite_grad=0, skipped=False, lr=1e-3, seconds=0.01, result=result, x1=torch.zeros(5, 1))
+        outs.append(cb.on_step_end(None, rec))
+    assert outs[0] is None and outs[1] is None
+    out, pooled = outs[2], np.concatenate(losses)
+    assert out["signals/window"] == 3 and out["signals/grad_norm"] == 2.0
+    assert out["signals/grad_norm_max"] == 50.0 and out["signals/grad_norm_mean"] == pytest.approx(53.0 / 3)
+    assert out["signals/terms/a"] == pytest.approx(2.0)
+    assert out["signals/loss_p90"] == pytest.approx(np.quantile(pooled, 0.9), rel=1e-12)
+    assert out["signals/loss_max"] == pytest.approx(pooled.max())
+
+
 # -- periodic: gradients ----------------------------------------------------------------------------
 def test_periodic_gradients_match_vmap_per_sample(tmp_path):
     flow = make_flow("gaussian_2d")
@@ -168,8 +191,10 @@ def test_tiny_training_run_writes_every_file(tmp_path):
     run = res.run_dir
     assert res.status == "completed"
     rows = read_metrics(run)
-    assert [r["step"] for r in rows if "signals/grad_norm" in r] == list(range(1, 9))
-    assert all("signals/aux/tangent_norm_mean" in r for r in rows if "signals/grad_norm" in r)
+    signal_rows = [r for r in rows if "signals/grad_norm" in r]
+    assert [r["step"] for r in signal_rows] == [4, 8] and all(r["signals/window"] == 4 for r in signal_rows)
+    assert all("signals/aux/tangent_norm_mean" in r and r["signals/grad_norm_max"] >= r["signals/grad_norm"]
+               for r in signal_rows)
     periodic = [r for r in rows if "grads/total" in r]
     assert [r["step"] for r in periodic] == [4, 8]
     assert all("periodic/map_rmse" in r and "periodic/ema0.9/map_rmse" in r and "quality/energy/2" in r

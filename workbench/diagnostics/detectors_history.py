@@ -100,7 +100,7 @@ def detect_noise_floor_stall(model: object, *, reference: object = None, history
                              probe: Probe | None = None) -> DetectorReport:
     """D8, stalled at the conditional-velocity noise floor while the map is still wrong.
 
-    The loss series ``loss_key`` (default ``terms/diag_fm`` or ``signals/terms/diag_fm``, whichever has
+    The loss series ``loss_key`` (default ``signals/terms/diag_fm`` or ``terms/diag_fm``, whichever has
     more values, when logged, else ``loss``) has reached
     its floor, r = median(last ``window`` values) / floor < 1.25, it has stopped moving (the medians
     of the last two windows differ by < 10%), and the map is still off, e_map > 0.05 (the map error of
@@ -119,7 +119,7 @@ def detect_noise_floor_stall(model: object, *, reference: object = None, history
     rows = _check_history(history)
     if loss_key is None:
         if any("terms/diag_fm" in r or "signals/terms/diag_fm" in r for r in rows):
-            loss_key = pick_key(rows, ("terms/diag_fm", "signals/terms/diag_fm"))
+            loss_key = pick_key(rows, ("signals/terms/diag_fm", "terms/diag_fm"))
         else:
             loss_key = "loss"
     values = [v for _, v in series(rows, loss_key) if v is not None]
@@ -213,9 +213,10 @@ def detect_grad_explosion(history: History, *, window: int = SPIKE_WINDOW, key: 
     """D9, exploding gradients: max over logged steps of |g_k| / median(|g|) over the preceding
     ``window`` finite values (at least 10 needed), fires above 20 (a spike of more than an order of
     magnitude over the recent typical norm; K26 section 4: spikes precede divergence). ``key``
-    defaults to ``grad_norm`` or ``signals/grad_norm``, whichever has more values."""
+    defaults to ``signals/grad_norm_max`` (the window maxima of :class:`TrainingSignalsCallback`, which
+    see every step) or ``grad_norm``, whichever has more values (the former on ties)."""
     if key is None:
-        key = pick_key(history, ("grad_norm", "signals/grad_norm"))
+        key = pick_key(history, ("signals/grad_norm_max", "grad_norm"))
     vals = [(s, v) for s, v in series(history, key) if v is not None]
     if len(vals) <= MIN_SPIKE_HISTORY:
         return not_applicable("grad_explosion", "D9", TH_SPIKE, f"{len(vals)} finite values of {key!r}, need "
