@@ -181,13 +181,16 @@ def test_tiny_training_run_writes_every_file(tmp_path):
     cfg = TrainConfig(model=ModelConfig(hidden=16, depth=2, zero_init=True),
                       data=DataConfig("gaussian", {"mean": [1.0, -1.0], "cov": [[1.0, 0.6], [0.6, 0.5]]}),
                       objective=ObjectiveConfig("lsd"), optim=OptimConfig(lr=1e-4), batch_size=32, steps=8,
-                      device="cpu", ema_rates=(0.9,), log_every=4, checkpoint_every=0, progress=False,
+                      device="cpu", ema_rates=(0.9,), log_every=4, checkpoint_every=4, progress=False,
                       tensorboard=False)
-    callbacks = [TrainingSignalsCallback(),
-                 PeriodicDiagnosticsCallback(every=4, n_grad=8, bins=4, grid=3, n_cell=4, steps=(1, 2), n_samples=64,
-                                             include_ema=True),
-                 DiagnosisCallback(every=4, n=64)]
-    res = Trainer(cfg, tmp_path / "run", callbacks=callbacks).fit()
+
+    def callbacks():
+        return [TrainingSignalsCallback(),
+                PeriodicDiagnosticsCallback(every=4, n_grad=8, bins=4, grid=3, n_cell=4, steps=(1, 2), n_samples=64,
+                                            include_ema=True),
+                DiagnosisCallback(every=4, n=64)]
+
+    res = Trainer(cfg, tmp_path / "run", callbacks=callbacks()).fit()
     run = res.run_dir
     assert res.status == "completed"
     rows = read_metrics(run)
@@ -213,3 +216,12 @@ def test_tiny_training_run_writes_every_file(tmp_path):
     md = (run / "diagnosis.md").read_text()
     assert "FIRED identity [D1]" in md and "first fired at step" in md
     assert not math.isnan(doc["models"]["model"]["reports"][1]["statistic"])
+
+    # resume from the step-4 checkpoint: the npz slices and first-fired steps continue, not duplicate
+    (run / "checkpoints" / "step-000000008.pt").unlink()
+    assert Trainer.resume(run, callbacks=callbacks()).fit().status == "completed"
+    with np.load(run / "diagnostics" / "grad_bins.npz") as z:
+        assert list(z["steps"]) == [4, 8]
+    with np.load(run / "diagnostics" / "map_error.npz") as z:
+        assert list(z["steps"]) == [4, 8] and z["rmse"].shape == (2, 3, 3)
+    assert json.loads((run / "diagnosis.json").read_text())["first_fired"]["identity"] == 4

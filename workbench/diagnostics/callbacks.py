@@ -43,6 +43,17 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+def _load_slices(path: Path, keys: Sequence[str], up_to: int) -> dict[str, list]:
+    """Per-evaluation slices of an earlier session's npz (steps <= ``up_to``), so a resumed run appends
+    to them; empty when there is no (readable) file."""
+    try:
+        with np.load(path) as z:
+            keep = [i for i, k in enumerate(z["steps"]) if int(k) <= up_to]
+            return {k: [z[k][i] for i in keep] for k in keys}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
 def resolve_reference(reference: object, ctx: TrainContext) -> object:
     """``"auto"``: the data source's analytic flow (``ctx.data.as_flow()``) when it has one and its
     interpolant matches the objective's; otherwise the given flow (or None)."""
@@ -207,6 +218,13 @@ class PeriodicDiagnosticsCallback(Callback):
         self._eval = None
         if self._ref is not None:
             self._eval = self._grid_eval_set(self._ref)
+        folder = ctx.run_dir / DIAG_DIR
+        self._grad_hist = _load_slices(folder / "grad_bins.npz", ("steps", "st_sum", "st_count", "gap_sum", "gap_count"),
+                                       ctx.step)
+        self._map_hist = {}
+        for tag, _ in _models(ctx, self.include_ema):
+            name = "map_error.npz" if tag == "model" else f"map_error_{tag}.npz"
+            self._map_hist[tag] = _load_slices(folder / name, ("steps", "rmse"), ctx.step)
 
     # -- (s, t) grid against the oracle ------------------------------------------------------------
     def _grid_eval_set(self, flow: object) -> tuple[torch.Tensor, ...]:
@@ -317,6 +335,7 @@ class DiagnosisCallback(Callback):
     ``diagnosis/<name>_fired`` (0 / 1) and recording the first step each detector fired; at the end
     the model and (``include_ema``) each EMA are diagnosed with the training history read from
     ``metrics.jsonl``. n: points per evaluation set; data: ``n`` samples from ``ctx.sample_batch``.
+    The first-fired steps are kept in ``diagnostics/first_fired.json`` so a resumed run keeps them.
     """
 
     def __init__(self, *, reference: object = "auto", every: int = 0, n: int = 512, include_ema: bool = True,
@@ -329,8 +348,24 @@ class DiagnosisCallback(Callback):
         self._probe: Probe | None = None
         self.first_fired: dict[str, int] = {}
 
+    def _first_fired_path(self, ctx: TrainContext) -> Path:
+        return ctx.run_dir / DIAG_DIR / "first_fired.json"
+
+    def _note_fired(self, ctx: TrainContext, name: str) -> None:
+        if name not in self.first_fired:
+            self.first_fired[name] = ctx.step
+            path = self._first_fired_path(ctx)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.first_fired) + "\n")
+
     def on_train_start(self, ctx: TrainContext) -> None:
         self._ref = resolve_reference(self.reference, ctx)
+        self.first_fired = {}
+        try:  # a resumed run keeps what an earlier session saw (up to the checkpoint's step)
+            earlier = json.loads(self._first_fired_path(ctx).read_text())
+            self.first_fired = {k: int(v) for k, v in earlier.items() if int(v) <= ctx.step}
+        except (OSError, ValueError, AttributeError):
+            pass
         data = ctx.sample_batch(2 * self.n)
         self._probe = Probe(ctx.model.dim, reference=self._ref, data=data, n=self.n, device=ctx.device,
                             generator=torch.Generator(device=ctx.device).manual_seed(self.seed))
@@ -347,7 +382,7 @@ class DiagnosisCallback(Callback):
                 out[f"diagnosis/{r.name}"] = r.statistic
             out[f"diagnosis/{r.name}_fired"] = float(r.fired)
             if r.fired:
-                self.first_fired.setdefault(r.name, ctx.step)
+                self._note_fired(ctx, r.name)
         return out
 
     def on_train_end(self, ctx: TrainContext) -> None:
@@ -363,7 +398,7 @@ class DiagnosisCallback(Callback):
             reports = self._diagnose(model, history)
             for r in reports:
                 if r.fired and tag == "model":
-                    self.first_fired.setdefault(r.name, ctx.step)
+                    self._note_fired(ctx, r.name)
             doc["models"][tag] = diagnosis_dict(reports)
             md += [f"## {tag}", "", format_diagnosis(reports), ""]
         doc["first_fired"] = dict(self.first_fired)
