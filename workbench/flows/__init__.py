@@ -12,9 +12,12 @@ from .interpolants import (
     TrigInterpolant,
     get_interpolant,
 )
+from .mixture1d import Mixture1DFlow
 from .ode import ODESolution, ODESolverError, ODEStats, default_tolerances, odeint_flow, solve_flow, velocity_jacobian
 from .point_mass import PointMassFlow
+from .product import GaussianMixtureParameters, ProductFlow
 from .registry import FLOW_INFO, FLOW_NAMES, make_flow
+from .rings import RingsFlow
 
 __all__ = [
     "FLOW_INFO",
@@ -23,6 +26,10 @@ __all__ = [
     "DegenerateMap",
     "GaussianFlow",
     "GaussianMixtureFlow",
+    "GaussianMixtureParameters",
+    "Mixture1DFlow",
+    "ProductFlow",
+    "RingsFlow",
     "ODESolution",
     "ODESolverError",
     "ODEStats",

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..core.times import broadcast_time, expand_as_state
+from ..core.tolerances import eps
 from ..core.validation import check_positive_int, check_state, value_checks_enabled
 from .interpolants import Interpolant, get_interpolant
 
@@ -44,8 +45,9 @@ class AnalyticFlow:
 
     def _check_regular(self, t: torch.Tensor, name: str) -> None:
         if self.singular_at_data and value_checks_enabled():
-            a = self.interpolant.alpha(t)
-            if bool((a <= 0).any()):
+            # alpha_t = 0 at the data end; trig gives cos(pi/2) = 6e-17 there, so compare with beta_t
+            ip = self.interpolant
+            if bool((ip.alpha(t) <= 4 * eps(t.dtype) * ip.beta(t)).any()):
                 raise ValueError(
                     f"{name} = 1 is singular for {type(self).__name__} (its data law has atoms, alpha_{name} = 0); "
                     f"use {name} <= 1 - 1e-6"
