@@ -43,6 +43,7 @@ from .gradients import (
     stored_gradients,
     term_gradient_stats,
 )
+from .live import LivePlot, LivePlotCallback, draw_metrics
 from .metrics import (
     SAMPLE_METRICS,
     DiagonalAgreement,
@@ -76,6 +77,8 @@ __all__ = [
     "DiagnosisCallback",
     "DiagonalAgreement",
     "GradientReport",
+    "LivePlot",
+    "LivePlotCallback",
     "MonteCarloEstimate",
     "NonFiniteOutput",
     "PeriodicDiagnosticsCallback",
@@ -102,6 +105,7 @@ __all__ = [
     "detect_wrong_field",
     "diagnose",
     "diagnosis_dict",
+    "draw_metrics",
     "energy_distance",
     "flow_matching_floor",
     "flow_matching_floor_mc",
