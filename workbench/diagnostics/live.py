@@ -147,8 +147,9 @@ def _matching(series: Mapping[str, Any], patterns: Sequence[str]) -> list[str]:
 def draw_metrics(series: Series, panels: Mapping[str, Sequence[str]], *, colors: Sequence[str] | None = None,
                  key_label: Callable[[str], str] | None = None, figsize: tuple[float, float] | None = None):
     """One panel per entry of ``panels`` (title -> metric-name patterns) against the optimiser step:
-    colour = run label, line style = metric; log scale when every finite value is > 0, else
-    linear. ``series``: run label -> metric name -> (steps, values). Returns a matplotlib Figure
+    colour = run label, line style = the metric's rank among the run's matches (pattern order, then
+    name), so runs whose terms have different names share styles; log scale when every finite
+    value is > 0, else linear. ``series``: run label -> metric name -> (steps, values). Returns a matplotlib Figure
     (created with ``matplotlib.figure.Figure``, so it is not registered with pyplot)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -162,16 +163,18 @@ def draw_metrics(series: Series, panels: Mapping[str, Sequence[str]], *, colors:
     axes = fig.subplots(1, n, squeeze=False)[0]
     labels = list(series)
     for ax, (title, patterns) in zip(axes, panels.items()):
-        keys = _matching({k: None for run in series.values() for k in run}, patterns)
+        slots: list[list[str]] = []  # line style j: the metrics drawn with it (a run's j-th match)
         drawn = []
         for r, label in enumerate(labels):
-            for j, key in enumerate(keys):
-                if key not in series[label]:
-                    continue
+            for j, key in enumerate(_matching(series[label], patterns)):
                 steps, values = series[label][key]
                 ax.plot(steps, values, color=colors[r % len(colors)], ls=styles[j % len(styles)],
                         marker="o" if len(steps) <= 25 else None, ms=2.5)
                 drawn.append(values[np.isfinite(values)])
+                if j == len(slots):
+                    slots.append([])
+                if key not in slots[j]:
+                    slots[j].append(key)
         finite = np.concatenate(drawn) if drawn else np.zeros(0)
         if finite.size and np.all(finite > 0):
             ax.set_yscale("log")
@@ -179,9 +182,9 @@ def draw_metrics(series: Series, panels: Mapping[str, Sequence[str]], *, colors:
             ax.text(0.5, 0.5, "nothing logged yet", transform=ax.transAxes, ha="center", va="center", color="0.5")
         ax.set_title(title, loc="left")
         ax.set_xlabel("optimiser step")
-        if len(keys) > 1:
-            ax.legend([Line2D([], [], color="0.3", ls=styles[j % len(styles)]) for j in range(len(keys))],
-                      [key_label(k) for k in keys], fontsize=7)
+        if len(slots) > 1:
+            ax.legend([Line2D([], [], color="0.3", ls=styles[j % len(styles)]) for j in range(len(slots))],
+                      [" / ".join(key_label(k) for k in keys) for keys in slots], fontsize=7)
     if labels:
         handles = [Line2D([], [], color=colors[r % len(colors)]) for r in range(len(labels))]
         fig.legend(handles, labels, loc="outside upper right", ncols=max(len(labels), 1), fontsize=8, frameon=False)
