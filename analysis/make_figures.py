@@ -1,22 +1,64 @@
 """Rebuild every figure from run directories alone.
 
     python -m analysis.make_figures RUN_DIR [RUN_DIR ...] --out figures/
+        [--ema RATE] [--n-samples N] [--steps 1,2,4,8,16] [--n-times M] [--seed S]
 
-Each run directory's config.json names its ``kind``; the matching builder reads the run's data
-files and calls one figure function per figure (data in, Figure out).
+Each run directory's config.json says what it is (``analysis.loaders.run_kind``): the analytic-flow
+gallery (``"kind": "gallery"``) or a training run (a ``TrainConfig``). Figures, each written as
+PDF + PNG into --out (paths printed, one per line):
+
+* gallery run: ``gallery``;
+* every training run ``<run>``: ``<run>_training`` (loss / gradient-norm / oracle-error curves with
+  detector events and skipped steps), ``<run>_times`` (realised (s, t) against the configured law,
+  needs a checkpoint), ``<run>_st_maps`` ((s, t) heat maps and by-gap curves of the flow-map error
+  against the oracle and of the per-sample gradient norm, when the diagnostics wrote them or the
+  data has an analytic flow);
+* across the training runs, per data set: ``samples_vs_steps`` (rows = methods, columns =
+  trajectories and N = 1, 2, 4, 8, 16 steps), ``quality_vs_steps`` (one panel per metric, one line
+  per method), and with two runs or more ``by_gap`` (the last evaluation of each run); with
+  several data sets these names end in ``_<data name>``.
+
+Quality against steps comes from the run's ``evaluation.json`` (workbench.experiments.evaluate,
+with the data-vs-data floors dotted), else it is computed from the checkpoint with one protocol
+(the same seed and min(n_samples, 1000) data samples for every run; W2, sliced W2, MMD^2, energy;
+marked "(computed)"), else the logged periodic ``quality/<metric>/<N>`` (marked "(logged)").
+Samples use the online weights unless --ema names an EMA rate. A directory that is not a run
+directory is an error (exit code 2). What could not be drawn is said on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from .figures_maps import GapCurve, TimeGridMap, by_gap, samples_vs_steps, st_maps
+from .figures_times import time_distribution
+from .figures_training import steps_quality, training_curves
 from .gallery import GalleryPanel, flow_gallery
+from .loaders import (MAP_ERROR_LABEL, gap_curve_from_grid, load_grad_bins, load_map_errors, load_training_run,
+                      quality_from_evaluation, quality_from_metrics, read_config, run_kind, training_curves_of)
 from .style import save_figure
+
+
+@dataclass(frozen=True)
+class Options:
+    """How sample-based figures are computed: ``ema`` (None: online weights), ``n_samples`` per
+    panel, ``steps`` (numbers of sampling steps), ``seed`` of every draw, ``n_times`` realised
+    (s, t) pairs for the time-distribution figure; ``notes`` collects what could not be drawn."""
+
+    ema: float | None = None
+    n_samples: int = 2000
+    steps: tuple = (1, 2, 4, 8, 16)
+    seed: int = 0
+    n_times: int = 40000
+    notes: list = field(default_factory=list)
 
 
 def load_gallery(run_dir: Path) -> list[GalleryPanel]:
@@ -33,37 +75,212 @@ def load_gallery(run_dir: Path) -> list[GalleryPanel]:
     return panels
 
 
-def _gallery(run_dir: Path, out: Path) -> list[Path]:
-    return save_figure(flow_gallery(load_gallery(run_dir)), out, "gallery")
+def _gallery(run_dirs: list[Path], out: Path, opts: Options) -> list[Path]:
+    written = []
+    for rd in run_dirs:
+        name = "gallery" if len(run_dirs) == 1 else f"gallery_{_slug(rd.resolve().name)}"
+        written += save_figure(flow_gallery(load_gallery(rd)), out, name)
+    return written
 
 
-BUILDERS = {"gallery": _gallery}
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
 
 
-def make_figures(run_dirs: list[Path], out: Path) -> list[Path]:
-    """Build every figure the given run directories support; return the written paths."""
+# -- training runs ----------------------------------------------------------------------------------------
+def _labels(runs) -> list[str]:
+    """Method names, made unique with the run directory name where two runs share a method."""
+    methods = [r.method for r in runs]
+    return [m if methods.count(m) == 1 else f"{m} ({r.name})" for m, r in zip(methods, runs)]
+
+
+def _model_tag(ema: float | None) -> str:
+    """The name the diagnostics callbacks give these weights: "model" or "ema<rate:g>"."""
+    return "model" if ema is None else f"ema{ema:g}"
+
+
+def _st_maps_of(run, model, data, opts: Options) -> tuple[list[TimeGridMap], list[list[GapCurve]], str]:
+    """Maps for one run: the logged map errors of the chosen weights (else the oracle's, computed
+    from the checkpoint, else the logged ones of the online model) and the gradient bins."""
+    from . import derived
+
+    maps, gaps, source = [], [], ""
+    logged = load_map_errors(run.run_dir)
+    tag = _model_tag(opts.ema)
+    flow = derived.reference_flow(run, data) if model is not None and tag not in logged else None
+    if tag in logged or (flow is None and "model" in logged):
+        m, curves = logged[tag if tag in logged else "model"]
+        maps.append(m)
+        gaps.append(curves)
+        source = f"logged, {curves[-1].label}"
+    elif flow is not None:
+        values, edges = derived.oracle_map_error(model, flow, seed=opts.seed)
+        who = "online" if opts.ema is None else f"EMA {opts.ema:g}"
+        maps.append(TimeGridMap(title=f"flow-map error ({who}, last checkpoint)", label=MAP_ERROR_LABEL,
+                                s_edges=edges, t_edges=edges, values=values))
+        gaps.append([gap_curve_from_grid(values, edges, who)])
+        source = "last checkpoint"
+    grads = load_grad_bins(run.run_dir)
+    if grads is not None:
+        maps.append(grads[0])
+        gaps.append([grads[1]])
+    return maps, gaps, source
+
+
+@dataclass
+class _RunState:
+    run: object
+    label: str
+    data: object
+    model: object = None
+    gaps: dict = field(default_factory=dict)  # quantity label -> GapCurve of the last evaluation
+
+
+def _per_run(run, label: str, out: Path, opts: Options) -> tuple[_RunState, list[Path]]:
+    """``<run>_training``, ``<run>_times`` and ``<run>_st_maps`` of one training run."""
+    from . import derived
+
     written: list[Path] = []
+    slug = _slug(run.name)
+    if any("loss" in r for r in run.metrics):
+        written += save_figure(training_curves(training_curves_of(run)), out, f"{slug}_training")
+    else:
+        opts.notes.append(f"{run.run_dir}: metrics.jsonl has no loss rows; no training curves")
+    state = _RunState(run=run, label=label, data=derived.data_source(run))
+    try:
+        state.model = derived.load_model(run, ema=opts.ema, data=state.data)
+    except ValueError as err:
+        opts.notes.append(f"{run.run_dir}: {err}; no sample-based figures")
+    if state.model is not None:
+        times = derived.realised_times(run, state.model, state.data, n=opts.n_times, seed=opts.seed)
+        written += save_figure(time_distribution(times), out, f"{slug}_times")
+    maps, gaps, source = _st_maps_of(run, state.model, state.data, opts)
+    if maps:
+        written += save_figure(st_maps(maps, gaps, title=label), out, f"{slug}_st_maps")
+        for m, curves in zip(maps, gaps):
+            if curves:
+                last = curves[-1]
+                who = f"{label} ({source})" if m.label == MAP_ERROR_LABEL else label
+                state.gaps[m.label] = GapCurve(who, last.gap, last.values, last.count)
+    return state, written
+
+
+def _quality_of(st: _RunState, opts: Options) -> tuple[str, object, dict] | None:
+    """(label, StepsQuality, floors): evaluation.json, else computed from the checkpoint (the same
+    protocol for every run), else the logged periodic values."""
+    from . import derived
+
+    try:
+        found = quality_from_evaluation(st.run.run_dir)
+    except ValueError as err:
+        opts.notes.append(f"{err}; quality from the checkpoint instead")
+        found = None
+    if found is not None:
+        return st.label, found[0], found[1]
+    if st.model is not None:
+        q = derived.compute_quality(st.model, st.data, steps=opts.steps, n=min(opts.n_samples, 1000), seed=opts.seed)
+        return f"{st.label} (computed)", q, {}
+    q = quality_from_metrics(st.run.metrics)
+    return None if q is None else (f"{st.label} (logged)", q, {})
+
+
+def _per_data_set(states: list[_RunState], suffix: str, out: Path, opts: Options) -> list[Path]:
+    """``samples_vs_steps``, ``quality_vs_steps`` and ``by_gap`` of the runs on one data set."""
+    from . import derived
+
+    written: list[Path] = []
+    with_model = [st for st in states if st.model is not None]
+    if with_model:
+        grid = derived.sample_grid({st.label: st.model for st in with_model}, with_model[0].data, steps=opts.steps,
+                                   n=opts.n_samples, seed=opts.seed)
+        written += save_figure(samples_vs_steps(grid), out, f"samples_vs_steps{suffix}")
+    qualities, floors = {}, {}
+    for st in states:
+        found = _quality_of(st, opts)
+        if found is not None:
+            qualities[found[0]] = found[1]
+            for k, v in found[2].items():
+                floors.setdefault(k, v)
+    if qualities:
+        written += save_figure(steps_quality(qualities, floors=floors), out, f"quality_vs_steps{suffix}")
+    series: dict[str, list[GapCurve]] = {}
+    for st in states:
+        for quantity, curve in st.gaps.items():
+            series.setdefault(quantity, []).append(curve)
+    series = {k: v for k, v in series.items() if len(v) > 1}
+    if series:
+        written += save_figure(by_gap(series, title="by gap, across runs (last evaluation)"), out, f"by_gap{suffix}")
+    return written
+
+
+def _training(run_dirs: list[Path], out: Path, opts: Options) -> list[Path]:
+    runs = [load_training_run(rd) for rd in run_dirs]
+    written: list[Path] = []
+    groups: dict[str, list[_RunState]] = {}
+    for run, label in zip(runs, _labels(runs)):
+        state, paths = _per_run(run, label, out, opts)
+        written += paths
+        key = json.dumps([run.config.data.name, run.config.data.kwargs], sort_keys=True)
+        groups.setdefault(key, []).append(state)
+    used: set[str] = set()
+    for key, states in groups.items():
+        suffix = "" if len(groups) == 1 else "_" + _slug(json.loads(key)[0])
+        suffix = suffix if suffix not in used else f"{suffix}_{len(used)}"
+        used.add(suffix)
+        written += _per_data_set(states, suffix, out, opts)
+    return written
+
+
+BUILDERS: dict[str, Callable[[list[Path], Path, Options], list[Path]]] = {"gallery": _gallery, "training": _training}
+
+
+def make_figures(run_dirs: list[Path], out: Path, *, options: Options | None = None) -> list[Path]:
+    """Build every figure the given run directories support into ``out``; return the written paths.
+    Raises ValueError naming the directory when one is not a run directory or has an unknown kind."""
+    opts = Options() if options is None else options
+    by_kind: dict[str, list[Path]] = {}
     for rd in map(Path, run_dirs):
-        cfg_path = rd / "config.json"
-        if not cfg_path.exists():
-            raise ValueError(f"run directory {rd} has no config.json")
-        kind = json.loads(cfg_path.read_text()).get("kind")
+        kind = run_kind(read_config(rd))
         if kind not in BUILDERS:
             raise ValueError(f"run directory {rd} has kind {kind!r}; known kinds: {sorted(BUILDERS)}")
-        written += BUILDERS[kind](rd, out)
+        by_kind.setdefault(kind, []).append(rd)
+    written: list[Path] = []
+    for kind, dirs in by_kind.items():
+        written += BUILDERS[kind](dirs, Path(out), opts)
     return written
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps must be comma-separated positive ints, got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"--steps must be comma-separated positive ints, got {text!r}")
+    return steps
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.make_figures", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("figures"))
+    p.add_argument("--ema", type=float, default=None, help="sample from this EMA rate (default: online weights)")
+    p.add_argument("--n-samples", type=int, default=2000, help="samples per panel (default 2000)")
+    p.add_argument("--steps", type=_steps, default=(1, 2, 4, 8, 16), help="numbers of sampling steps")
+    p.add_argument("--n-times", type=int, default=40000, help="realised (s, t) pairs per run (default 40000)")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    for flag, value in (("--n-samples", args.n_samples), ("--n-times", args.n_times)):
+        if value < 1:
+            p.error(f"{flag} must be a positive int, got {value}")
+    opts = Options(ema=args.ema, n_samples=args.n_samples, steps=args.steps, seed=args.seed, n_times=args.n_times)
     try:
-        paths = make_figures(args.run_dirs, args.out)
+        paths = make_figures(args.run_dirs, args.out, options=opts)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for note in opts.notes:
+        print(f"note: {note}", file=sys.stderr)
     for path in paths:
         print(path)
     return 0
