@@ -97,8 +97,11 @@ def test_ve_conversion_matches_definition_and_round_trips(t, which, seed):
     torch.testing.assert_close(I_back, I, rtol=0, atol=ulps(F64, 256) * (1 + float(I.abs().max())))
 
 
-@given(t=times, which=st.sampled_from(["linear", "trig"]), seed=st.integers(0, 2**16))
+@given(t=st.floats(min_value=1e-3, max_value=1 - 1e-3), which=st.sampled_from(["linear", "trig"]),
+       seed=st.integers(0, 2**16))
 def test_vp_conversion_matches_definition_and_round_trips(t, which, seed):
+    # abar = 1 - O((1 - t)^2) saturates at the data end, so t (and the state scale) is recovered from
+    # abar only to ~eps / (1 - t): the round trip is checked where that stays within round-off
     ip = get_interpolant(which)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(4, 2, dtype=F64, generator=g)
