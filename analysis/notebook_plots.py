@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm, TwoSlopeNorm
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from .style import PALETTE, WIDTH_FULL, use_style
 
@@ -158,14 +159,20 @@ class PowerLawCurve:
     predicted: float | None = None
 
 
-def power_law_panels(panels: Mapping[str, Sequence[PowerLawCurve]], *, xlabel: str, ylabel: str, title: str = ""):
+def power_law_panels(panels: Mapping[str, Sequence[PowerLawCurve]], *, xlabel: str, ylabel: str, title: str = "",
+                     ncols: int | None = None):
     """Log-log panels of measured curves (markers) with, for each, a dashed line of the predicted
-    slope through the curve's geometric centre; the legend gives fitted vs predicted exponents."""
+    slope through the curve's geometric centre; the legend gives fitted vs predicted exponents.
+    ``ncols`` panels per row (default: all in one row)."""
     if not panels:
         raise ValueError("panels must hold at least one panel of curves")
     use_style()
-    fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH_FULL, 2.7), squeeze=False)
-    for ax, (name, curves) in zip(axes[0], panels.items()):
+    ncols = min(ncols or len(panels), len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_FULL, 2.7 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (name, curves) in zip(axes.ravel(), panels.items()):
         for k, c in enumerate(curves):
             x, y = np.asarray(c.x, float), np.asarray(c.y, float)
             colour = PALETTE[k % len(PALETTE)]
@@ -193,17 +200,21 @@ def time_heatmaps(maps: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                   gaps: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, title: str = ""):
     """One heat map per entry ``title -> (s_edges (ns+1,), t_edges (nt+1,), values (ns, nt))`` on a
     shared log colour scale (empty / non-positive cells grey, the diagonal drawn), and with ``gaps``
-    (curve label -> (gap centres, values)) a last panel of the by-gap curves on log axes."""
+    (curve label -> (gap centres, values)) a row underneath with the by-gap curves on log axes."""
     if not maps:
         raise ValueError("maps must hold at least one (s_edges, t_edges, values) entry")
     use_style()
     vals = [np.asarray(v, float) for _, _, v in maps.values()]
-    pos = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in vals])
+    pos = np.concatenate([v[np.isfinite(v) & (v > 0)].ravel() for v in vals])
     norm = LogNorm(vmin=float(pos.min()), vmax=float(pos.max())) if pos.size else None
-    n = len(maps) + (1 if gaps else 0)
-    fig, axes = plt.subplots(1, n, figsize=(WIDTH_FULL, WIDTH_FULL / n + 0.6), squeeze=False)
+    n = len(maps)
+    mosaic = [[f"m{j}" for j in range(n)]] + ([["gap"] * n] if gaps else [])
+    w = WIDTH_FULL / max(n, 2)
+    fig = plt.figure(figsize=(WIDTH_FULL, w + 0.7 + (2.2 if gaps else 0)), layout="constrained")
+    axd = fig.subplot_mosaic(mosaic, height_ratios=[w, 1.9] if gaps else None)
     mesh = None
-    for ax, (name, (se, te, v)) in zip(axes[0], maps.items()):
+    for j, (name, (se, te, v)) in enumerate(maps.items()):
+        ax = axd[f"m{j}"]
         v = np.asarray(v, float)
         z = np.ma.masked_where(~np.isfinite(v) | (v <= 0), v)
         ax.set_facecolor("0.93")
@@ -212,17 +223,24 @@ def time_heatmaps(maps: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
         ax.set_aspect("equal")
         ax.grid(False)
         ax.set_xlabel("$s$ (from)")
-        ax.set_ylabel("$t$ (to)")
-        ax.set_title(name, loc="left")
+        if j == 0:
+            ax.set_ylabel("$t$ (to)")
+        ax.set_title(name, loc="left", fontsize=8)
     if mesh is not None:
-        fig.colorbar(mesh, ax=list(axes[0][:len(maps)]), label=label, fraction=0.03, pad=0.02)
+        fig.colorbar(mesh, ax=[axd[f"m{j}"] for j in range(n)], label=label, shrink=0.9)
     if gaps:
-        ax = axes[0][-1]
+        ax = axd["gap"]
         for k, (name, (g, v)) in enumerate(gaps.items()):
             ax.plot(g, v, "o-", ms=3, color=PALETTE[k % len(PALETTE)], label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("gap $t - s$")
+        centres = np.asarray(next(iter(gaps.values()))[0], float)
+        centres = centres[centres > 0]
+        ax.set_xticks(centres[::2] if centres.size > 5 else centres)
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("gap $t - s$ (bin centre)")
+        ax.set_ylabel(label)
         ax.set_title("by gap", loc="left")
         ax.legend(fontsize=6.5)
     if title:
