@@ -5,8 +5,10 @@ produces every file (metrics.jsonl signals, diagnostics/*.npz, diagnosis.md / di
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +153,40 @@ def test_periodic_gradients_match_vmap_per_sample(tmp_path):
     assert -1.0 <= out["grads/cos/a|b"] <= 1.0
     assert any(k.startswith("grads/module/") for k in out)
     assert all(p.grad is None for p in model.parameters())  # .grad untouched
+
+
+@dataclass(frozen=True)
+class ScaledToy:
+    """ToyObjective with its loss multiplied by a field the trainer may schedule."""
+
+    name: str = "scaled"
+    scale: float = 1.0
+
+    def __call__(self, model, x1, generator=None):
+        r = ToyObjective()(model, x1, generator)
+        return ObjectiveResult(loss=self.scale * r.loss, terms={k: self.scale * v for k, v in r.terms.items()},
+                               times=r.times)
+
+
+def test_periodic_gradients_use_the_scheduled_objective(tmp_path):
+    """With config.objective.schedules the gradients are those of the objective the trainer used at that
+    step: scale linear 0 -> 1 over 10 updates is 4 / 10 at step 5 (4 completed updates)."""
+    flow = make_flow("gaussian_2d")
+    torch.manual_seed(0)
+    model = make_mlp_flow_map(2, hidden=16, depth=2).to(F64)
+
+    def total(objective, schedules):
+        ctx = make_ctx(tmp_path, model, flow, step=5)
+        cfg = dataclasses.replace(ctx.config, objective=ObjectiveConfig("scaled", schedules=schedules))
+        ctx.config, ctx.objective = cfg, objective
+        cb = PeriodicDiagnosticsCallback(every=1, reference=None, n_grad=16, bins=2, steps=())
+        cb.on_train_start(ctx)
+        return cb.on_step_end(ctx, None)["grads/total"]
+
+    ramp = {"scale": {"kind": "linear", "start": 0.0, "end": 1.0, "steps": 10}}
+    scheduled, fixed = total(ScaledToy(), ramp), total(ScaledToy(scale=0.4), {})
+    assert scheduled == pytest.approx(fixed, rel=1e-12)
+    assert scheduled == pytest.approx(0.4 * total(ScaledToy(scale=1.0), {}), rel=1e-12)
 
 
 # -- periodic: map error grid ------------------------------------------------------------------------

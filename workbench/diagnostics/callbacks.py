@@ -19,6 +19,7 @@ callbacks leaves the training trajectory unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from ..training.callbacks import Callback, StepRecord, TrainContext
+from ..training.optim import scheduled_value
 from .detectors_base import F64, Probe, evaluating
 
 DIAG_DIR = "diagnostics"
@@ -259,8 +261,14 @@ class PeriodicDiagnosticsCallback(Callback):
 
     # -- gradients ----------------------------------------------------------------------------------
     def _objective(self, ctx: TrainContext) -> Any:
-        at_step = getattr(ctx.objective, "at_step", None)
-        return at_step(max(ctx.step, 1), ctx.config.steps) if callable(at_step) else ctx.objective
+        """The objective as the trainer used it at step ``ctx.step``: the fields named in
+        ``config.objective.schedules`` set to their values after ``ctx.step - 1`` completed updates
+        (``workbench.training.scheduled_value``), e.g. sCM's tangent warm-up or iCT's gap."""
+        schedules = getattr(getattr(ctx.config, "objective", None), "schedules", None) or {}
+        if not schedules:
+            return ctx.objective
+        k = max(ctx.step - 1, 0)
+        return dataclasses.replace(ctx.objective, **{f: scheduled_value(spec, k) for f, spec in schedules.items()})
 
     def _gradients(self, ctx: TrainContext) -> dict[str, float]:
         from .gradients import bin_by_gap, bin_by_times, gradient_report, parameter_gradients, term_gradient_stats

@@ -314,7 +314,7 @@ def detect_mode_averaging(model: object, *, reference: object = None, data: torc
 def detect_step_inconsistency(model: object, *, reference: object = None, data: torch.Tensor | None = None,
                               generator: torch.Generator | None = None, n: int = 512, n_steps: int = 8,
                               probe: Probe | None = None) -> DetectorReport:
-    """D5 step-count test / semigroup: E|x^(N) - x^(1)|^2 / tr C_T > 0.01, where x^(N) chains
+    """D5 step-count test / semigroup: E|x^(N) - x^(1)|^2 / tr C_T > 0.1, where x^(N) chains
     X^_{t_k, t_(k+1)} on t_k = k T / N from the same noise (zero for any flow map, by the semigroup
     property). Normalised by the dimension when no samples of p_T are available. The threshold (an
     rms drift of a third of the data spread) leaves room for the accumulated errors of an imperfect
