@@ -115,6 +115,22 @@ def test_term_norms_and_cosines_linear_model():
     assert abs(global_norm(stored_gradients(model)) - np.linalg.norm(Gt)) < TOL
 
 
+def test_term_stats_leave_out_nonfinite_entries():
+    """A term whose gradient is [nan, 1] in the bias and unused in W: norm 1 (the finite entry), one
+    non-finite entry counted, and a finite cosine with a term whose bias gradient is [0, 2]."""
+    model = Linear(np.eye(2))
+    b = model.lin.bias
+    bad = (b[0] * math.nan + b[1]).expand(2)
+    good = (2 * b[1]).expand(3)
+    times = TimeBatch(s=torch.zeros(5, dtype=F64), t=torch.ones(5, dtype=F64), diagonal=torch.zeros(5, dtype=torch.bool))
+    stats = term_gradient_stats(model, ObjectiveResult(loss=torch.cat([bad, good]), terms={"bad": bad, "good": good},
+                                                       times=times))
+    assert stats.norms == {"bad": 1.0, "good": 2.0} and stats.nonfinite == {"bad": 1, "good": 0}
+    assert stats.cosines[("bad", "good")] == 1.0
+    with pytest.raises(ValueError, match="s contains 1 non-finite"):
+        bin_by_times(torch.ones(2), torch.tensor([0.1, math.nan]), torch.tensor([0.5, 0.5]))
+
+
 def test_term_stats_on_a_real_objective():
     """Works on an ObjectiveResult of a library objective; norms equal separate autograd passes."""
     from workbench.losses import OBJECTIVES

@@ -300,6 +300,7 @@ class PeriodicDiagnosticsCallback(Callback):
         out = {f"grads/term/{k}": v for k, v in stats.norms.items()}
         out.update({f"grads/cos/{a}|{b}": (math.nan if c is None else c) for (a, b), c in stats.cosines.items()})
         out["grads/total"] = stats.total_norm
+        out.update({f"grads/nonfinite/{k}": v for k, v in stats.nonfinite.items() if v})
         out.update({f"grads/module/{k}": v for k, v in rep.module_norms.items()})
         out["grads/per_sample_median"] = float(per_sample.median())
         out["grads/per_sample_max"] = float(per_sample.max())

@@ -16,7 +16,7 @@ folded into a NaN norm.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -105,22 +105,27 @@ def gradient_report(grads: Grads) -> GradientReport:
                           module_norms=module_norms(grads), n_nonfinite=sum(bad.values()), nonfinite_by_parameter=bad)
 
 
-def _flat(grads: Grads) -> torch.Tensor:
-    return torch.cat([g.detach().reshape(-1).to(torch.float64) for g in grads.values()])
+def _flat_finite(grads: Grads) -> tuple[torch.Tensor, int]:
+    """All gradient entries as one float64 vector with the non-finite ones set to 0, and their count."""
+    flat = torch.cat([g.detach().reshape(-1).to(torch.float64) for g in grads.values()])
+    ok = torch.isfinite(flat)
+    return torch.where(ok, flat, torch.zeros_like(flat)), int((~ok).sum())
 
 
 @dataclass(frozen=True)
 class TermGradientStats:
     """Per-term gradient norms |grad mean_i term_i|, pairwise cosines, and the norm of grad mean(loss).
 
-    ``cosines[(a, b)]`` (a before b in ``names``) is <g_a, g_b> / (|g_a| |g_b|), or None when either
-    gradient is zero (e.g. a term carried by no sample of the batch).
+    Norms and cosines use the finite gradient entries; ``nonfinite[name]`` counts the NaN / inf
+    entries left out. ``cosines[(a, b)]`` (a before b in ``names``) is <g_a, g_b> / (|g_a| |g_b|), or
+    None when either gradient is zero (e.g. a term carried by no sample of the batch).
     """
 
     names: tuple[str, ...]
     norms: dict[str, float]
     cosines: dict[tuple[str, str], float | None]
     total_norm: float
+    nonfinite: dict[str, int] = field(default_factory=dict)
 
 
 def term_gradient_stats(model: nn.Module, result: object, *, names: Sequence[str] | None = None) -> TermGradientStats:
@@ -137,10 +142,11 @@ def term_gradient_stats(model: nn.Module, result: object, *, names: Sequence[str
     if missing:
         raise ValueError(f"names {missing} are not terms of the result; available: {sorted(result.terms)}")
     flat: dict[str, torch.Tensor] = {}
+    bad: dict[str, int] = {}
     for k in names:
         term = check_tensor(result.terms[k], f"terms[{k!r}]")
         mean = term.mean() if term.numel() else term.sum()
-        flat[k] = _flat(parameter_gradients(model, mean, retain_graph=True))
+        flat[k], bad[k] = _flat_finite(parameter_gradients(model, mean, retain_graph=True))
     norms = {k: float(v.norm()) for k, v in flat.items()}
     cos: dict[tuple[str, str], float | None] = {}
     for i, a in enumerate(names):
@@ -148,7 +154,7 @@ def term_gradient_stats(model: nn.Module, result: object, *, names: Sequence[str
             den = norms[a] * norms[b]
             cos[(a, b)] = float(flat[a] @ flat[b]) / den if den > 0 else None
     total = parameter_gradients(model, check_tensor(result.loss, "result.loss").mean(), retain_graph=True)
-    return TermGradientStats(names=names, norms=norms, cosines=cos, total_norm=global_norm(total))
+    return TermGradientStats(names=names, norms=norms, cosines=cos, total_norm=global_norm(total), nonfinite=bad)
 
 
 class _LossModule(nn.Module):
@@ -196,6 +202,9 @@ def per_sample_grad_norms(model: nn.Module, loss_fn: Callable[..., torch.Tensor]
 # -- binning for heat maps ----------------------------------------------------------------------
 def _bin_index(key: torch.Tensor, edges: torch.Tensor, name: str) -> torch.Tensor:
     lo, hi = float(edges[0]), float(edges[-1])
+    if not bool(torch.isfinite(key).all()):
+        raise ValueError(f"{name} contains {int((~torch.isfinite(key)).sum())} non-finite value(s); expected finite "
+                         "times to bin by")
     if bool((key < lo).any()) or bool((key > hi).any()):
         raise ValueError(f"{name} must lie in [{lo}, {hi}], got [{float(key.min())}, {float(key.max())}]; "
                          "widen the range")
