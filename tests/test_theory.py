@@ -183,5 +183,7 @@ def test_bad_input():
         flow_matching_floor_mc(flow, 0.5, 0)
     with pytest.raises(TypeError, match="interpolant"):
         flow_matching_floor_mc(object(), 0.5, 10)
+    with pytest.raises(ValueError, match="one time"):
+        flow_matching_floor_mc(flow, torch.tensor([0.2, 0.5]), 10)
     with pytest.raises(ValueError, match=r"shape \(batch, 3\)"):
         denoiser(flow, 0.5, torch.zeros(2, 2, dtype=F64))

@@ -117,6 +117,10 @@ def flow_matching_floor_mc(flow: object, t: object = None, n: int = 100_000, *,
     check_positive_int(n, "n")
     check_positive_int(batch_size, "batch_size")
     if t is not None:
+        if isinstance(t, torch.Tensor):
+            if t.numel() != 1:
+                raise ValueError(f"t must be one time (a float in [0, 1]) or None, got a tensor of shape {tuple(t.shape)}")
+            t = float(t)
         _time_tensor(t)
     device = generator.device if generator is not None else torch.device("cpu")
     total = total_sq = 0.0
