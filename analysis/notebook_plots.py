@@ -5,8 +5,8 @@ in the house style (:mod:`analysis.style`).
   (pass ``draw=live_curves``): one panel per metric group, colour = run, line style = metric.
 * :func:`sample_panels`: 2-D samples of several maps (one panel each) over reference samples, with a
   note per panel (e.g. the detectors that fired).
-* :func:`detector_matrix`: maps x detectors, coloured by how far each statistic is past its
-  threshold, fired cells marked.
+* :func:`detector_table` and :func:`detector_matrix`: maps x detectors, coloured by how far each
+  statistic is past its threshold, fired cells marked.
 * :func:`fit_slope` and :func:`power_law_panels`: log-log curves with their fitted slopes beside the
   predicted ones (theory against practice).
 * :func:`time_heatmaps`: per-sample quantities binned over (s, t) (e.g.
@@ -27,7 +27,7 @@ from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from .style import PALETTE, WIDTH_FULL, use_style
 
-__all__ = ["PowerLawCurve", "bound_scatter", "detector_matrix", "fit_slope", "live_curves", "metric_tex",
+__all__ = ["PowerLawCurve", "bound_scatter", "detector_matrix", "detector_table", "fit_slope", "live_curves", "metric_tex",
            "power_law_panels", "sample_panels", "time_heatmaps"]
 
 _METRIC_TEX = {
@@ -69,8 +69,8 @@ def _scatter_box(arrays: Sequence[np.ndarray], pad: float = 0.1) -> tuple[tuple[
 def sample_panels(panels: Mapping[str, np.ndarray], reference: np.ndarray | None = None, *, ncols: int = 4,
                   notes: Mapping[str, str] | None = None, title: str = "", point_size: float = 1.5):
     """One square panel per entry: samples (n, 2) in colour over the ``reference`` samples (grey),
-    common limits from the reference (points outside are counted in the corner), ``notes[key]``
-    written under the panel title."""
+    common limits from the reference (points outside are counted in the corner; a sample set
+    collapsed to a point is drawn as a star), ``notes[key]`` written in the panel's corner."""
     if not panels:
         raise ValueError("panels must hold at least one (name -> (n, 2) samples) entry")
     for k, v in panels.items():
@@ -90,6 +90,8 @@ def sample_panels(panels: Mapping[str, np.ndarray], reference: np.ndarray | None
         if ref is not None:
             ax.scatter(ref[:, 0], ref[:, 1], s=point_size, color="0.75", lw=0, rasterized=True)
         ax.scatter(pts[:, 0], pts[:, 1], s=point_size, color=PALETTE[0], lw=0, rasterized=True)
+        if len(pts) and float(np.nanmax(np.nanstd(pts, axis=0))) < 1e-3 * (x1 - x0):  # collapsed: make it visible
+            ax.scatter(*np.nanmean(pts, axis=0), s=60, marker="*", color=PALETTE[0], zorder=3)
         out = int(np.sum(~((pts[:, 0] >= x0) & (pts[:, 0] <= x1) & (pts[:, 1] >= y0) & (pts[:, 1] <= y1))))
         if out:
             ax.text(0.98, 0.02, f"{out} outside", transform=ax.transAxes, ha="right", va="bottom", fontsize=6)
@@ -102,13 +104,40 @@ def sample_panels(panels: Mapping[str, np.ndarray], reference: np.ndarray | None
         ax.set_title(name, loc="left", fontsize=7.5)
         if notes.get(name):
             ax.text(0.02, 0.98, notes[name], transform=ax.transAxes, ha="left", va="top", fontsize=5.5,
-                    color=PALETTE[3], wrap=True)
+                    color=PALETTE[3], bbox={"facecolor": "white", "alpha": 0.75, "lw": 0, "pad": 1.0})
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     if title:
         fig.suptitle(title, x=0.01, ha="left", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _oriented_score(statistic: float, threshold: float, fires_above: bool) -> float:
+    """statistic / threshold oriented so that > 1 is past the threshold; NaN when not evaluated; a
+    zero threshold (fires on any positive count) gives 0 below it and inf past it."""
+    if not np.isfinite(statistic):
+        return float("nan")
+    num, den = (statistic, threshold) if fires_above else (threshold, statistic)
+    if den == 0:
+        return float("inf") if num > 0 else 0.0
+    return float(num / den)
+
+
+def detector_table(reports: Mapping[str, Sequence[object]], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(score, fired), each (len(reports), len(names)), from detector reports per row
+    (``workbench.diagnostics.DetectorReport``: name, statistic, threshold, fires_above, fired):
+    score = statistic / threshold oriented so that > 1 is past the threshold, NaN where a detector
+    did not run or did not apply."""
+    score = np.full((len(reports), len(names)), np.nan)
+    fired = np.zeros(score.shape, dtype=bool)
+    col = {n: j for j, n in enumerate(names)}
+    for i, row in enumerate(reports.values()):
+        for r in row:
+            if r.name in col:
+                score[i, col[r.name]] = _oriented_score(float(r.statistic), float(r.threshold), bool(r.fires_above))
+                fired[i, col[r.name]] = bool(r.fired)
+    return score, fired
 
 
 def detector_matrix(rows: Sequence[str], cols: Sequence[str], score: np.ndarray, fired: np.ndarray, *,
