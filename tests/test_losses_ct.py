@@ -154,6 +154,13 @@ def test_cd_and_ct_need_valid_teacher_and_fields():
         ContinuousConsistencyTraining(method="adjoint")
     with pytest.raises(ValueError, match="t_end"):
         ContinuousConsistencyTraining(t_end=1.5)
+    # given times with an off-diagonal s = t: lambda = 1/h is infinite there (it was a silent NaN)
+    times = TimeBatch(s=torch.tensor([0.2, 0.5], dtype=F64), t=torch.tensor([0.6, 0.5], dtype=F64),
+                      diagonal=torch.zeros(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs t > s"):
+        ConsistencyTraining(t_end=None)(ExactFlowMap(FLOW), FLOW.sample_data(2), times=times)
+    one = ConsistencyTraining(t_end=None, delta_weight="one")(ExactFlowMap(FLOW), FLOW.sample_data(2), times=times)
+    assert float(one.terms["ct"][1]) == 0.0  # lambda = 1 and X_{s,s} = id: a zero residual, not a NaN
 
 
 # -- CT: expected gradient = CD's for an affine map, O(h) -------------------------------------------------

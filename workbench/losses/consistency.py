@@ -161,6 +161,9 @@ def _discrete_call(obj, model, x1, generator, x0, times, next_point, term: str) 
         x_s, dx_s = interpolate(ip, s, x0, x1)
         u = sampler.step_time(s, t)
         h = u - s
+        if times is not None and obj.delta_weight != "one" and not bool((h > 0).all()):
+            raise ValueError(f"times: every off-diagonal sample needs t > s for delta_weight {obj.delta_weight!r} "
+                             f"(lambda = 1/h is infinite at h = 0); mark s = t samples as diagonal")
         with torch.no_grad():
             x_u = next_point(s, u, h, x_s, dx_s, x0, x1)
             target = model.flow_map(u, t, x_u).detach()
