@@ -287,6 +287,33 @@ def test_esd_full_stops_gradient_through_the_advective_term():
     assert max(float((a - b).abs().max()) for a, b in zip(g_convex, g_manual)) > 1e3 * tol
 
 
+def test_psd_convex_stops_gradient_through_the_teacher():
+    """PSD-convex's gradient equals that of |v_{s,t}(x_s) - sg T|^2 with the midpoint teacher
+    T = (v_{s,u}(x_s) + v_{u,t}(x_s + (u - s) v_{s,u}(x_s))) / 2 written out here, and differs from 'none'."""
+    torch.manual_seed(6)
+    model = make_mlp_flow_map(2, hidden=16, depth=2, time_embedding="raw").double()
+    params = list(model.parameters())
+    n = 32
+    x1 = torch.randn(n, 2, dtype=F64, generator=gen(40))
+    x0 = torch.randn(n, 2, dtype=F64, generator=gen(41))
+    times = sample_times(n, diag_fraction=0.0, generator=gen(42))
+    s, t = times.s, times.t
+    u = 0.5 * (s + t)
+    x_s = (1 - s)[:, None] * x0 + s[:, None] * x1
+    with torch.no_grad():
+        v_su = model.average_velocity(s, u, x_s)
+        teacher = 0.5 * (v_su + model.average_velocity(u, t, x_s + (u - s)[:, None] * v_su))
+    g_manual = torch.autograd.grad(((model.average_velocity(s, t, x_s) - teacher) ** 2).sum(1).mean(), params)
+
+    def grads(stopgrad):
+        res = ProgressiveSelfDistillation(diag_fraction=0.0, stopgrad=stopgrad)(model, x1, x0=x0, times=times)
+        return torch.autograd.grad(res.loss.mean(), params)
+
+    tol = 1e3 * finfo_eps(F64) * (1 + max(float(g.abs().max()) for g in g_manual))
+    assert max(float((a - b).abs().max()) for a, b in zip(grads("convex"), g_manual)) < tol
+    assert max(float((a - b).abs().max()) for a, b in zip(grads("none"), g_manual)) > 1e3 * tol
+
+
 # -- realised times and the result structure ---------------------------------------------------------------
 def test_result_structure_and_psd_intermediate_time():
     flow = make_flow("gaussian", "linear")

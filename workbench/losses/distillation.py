@@ -23,9 +23,9 @@ import torch
 
 from ..models.exact import ExactFlowMap
 from .base import ObjectiveResult
-from .derivatives import flow_map_ds, flow_map_dt, flow_map_dx
 from .flow_matching import OffDiagonal, SplitConfig, check_choice, evaluate_split, interpolate, norm, squared_error
 from .samplers import Midpoint, get_intermediate, intermediate_time
+from .self_distillation import eulerian_residual, lagrangian_residual, semigroup_target
 
 __all__ = ["EulerianMapDistillation", "LagrangianMapDistillation", "ProgressiveDistillation"]
 
@@ -69,14 +69,8 @@ class LagrangianMapDistillation(SplitConfig):
 
     def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
         x_s, _ = interpolate(self.interpolant, s, x0, x1)
-        X, dtX = flow_map_dt(model, s, t, x_s, method=self.method, eps=self.fd_eps)
-        if self.stopgrad == "convex":
-            with torch.no_grad():
-                target = self.teacher.velocity(t, X.detach())
-        else:
-            target = self.teacher.velocity(t, X)
-        return OffDiagonal(raw=squared_error(dtX, target),
-                           aux={"tangent_norm": norm(dtX), "target_norm": norm(target)})
+        return lagrangian_residual(model, self.teacher.velocity, s, t, x_s, stop_target=self.stopgrad == "convex",
+                                   method=self.method, eps=self.fd_eps)
 
 
 @dataclass(frozen=True)
@@ -105,17 +99,10 @@ class EulerianMapDistillation(SplitConfig):
 
     def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
         x_s, _ = interpolate(self.interpolant, s, x0, x1)
-        _, dsX = flow_map_ds(model, s, t, x_s, method=self.method, eps=self.fd_eps)
         with torch.no_grad():
             b = self.teacher.velocity(s, x_s)
-        if self.stopgrad == "full":
-            with torch.no_grad():
-                _, adv = flow_map_dx(model, s, t, x_s, b, method=self.method, eps=self.fd_eps)
-        else:
-            _, adv = flow_map_dx(model, s, t, x_s, b, method=self.method, eps=self.fd_eps)
-        a = norm(adv)
-        return OffDiagonal(raw=squared_error(dsX, -adv),
-                           aux={"tangent_norm": norm(dsX), "advection_norm": a, "target_norm": a})
+        return eulerian_residual(model, b, s, t, x_s, stop_advection=self.stopgrad == "full",
+                                 method=self.method, eps=self.fd_eps)
 
 
 @dataclass(frozen=True)
@@ -164,9 +151,7 @@ class ProgressiveDistillation(SplitConfig):
             if self.teacher_map == "direct":
                 target = V(s, t, x_s)
             else:
-                Y_su = self.teacher.flow_map(s, u, x_s)
-                g = gamma.reshape(-1, *([1] * (x_s.ndim - 1)))
-                target = (1.0 - g) * V(s, u, x_s) + g * V(u, t, Y_su)
+                target = semigroup_target(V, self.teacher.flow_map, s, u, t, gamma, x_s)
         raw = squared_error(student, target)
         if self.form == "X":
             raw = raw * (t - s) ** 2

@@ -24,7 +24,58 @@ from .derivatives import flow_map_ds, flow_map_dt, flow_map_dx
 from .flow_matching import OffDiagonal, SplitConfig, check_choice, evaluate_split, interpolate, norm, squared_error
 from .samplers import Midpoint, get_intermediate, intermediate_time
 
-__all__ = ["EulerianSelfDistillation", "LagrangianSelfDistillation", "ProgressiveSelfDistillation"]
+__all__ = [
+    "EulerianSelfDistillation",
+    "LagrangianSelfDistillation",
+    "ProgressiveSelfDistillation",
+    "eulerian_residual",
+    "lagrangian_residual",
+    "semigroup_target",
+]
+
+
+# -- the three residuals, for a self-teacher (here) or an external teacher (distillation.py) ----------
+def lagrangian_residual(model, velocity, s, t, x_s, *, stop_target: bool, method: str, eps) -> OffDiagonal:
+    """Lagrangian residual (B25 P3) per sample: | d_t X_{s,t}(x_s) - b_t(X_{s,t}(x_s)) |^2.
+
+    ``velocity(t, x)`` is b: the model's own diagonal (LSD) or a teacher's (LMD). ``stop_target``:
+    b is evaluated at sg X without gradient (the gradient flows only through d_t X, "convex");
+    otherwise through b_t(X) too. s, t (n,), x_s (n, *event); d_t X by ``method`` ('jvp' / 'fd', step
+    ``eps``). aux: ``tangent_norm`` |d_t X|, ``target_norm`` |b_t(X)|.
+    """
+    X, dtX = flow_map_dt(model, s, t, x_s, method=method, eps=eps)
+    if stop_target:
+        with torch.no_grad():
+            target = velocity(t, X.detach())
+    else:
+        target = velocity(t, X)
+    return OffDiagonal(raw=squared_error(dtX, target), aux={"tangent_norm": norm(dtX), "target_norm": norm(target)})
+
+
+def eulerian_residual(model, b_s, s, t, x_s, *, stop_advection: bool, method: str, eps) -> OffDiagonal:
+    """Eulerian residual (B25 P4) per sample: | d_s X_{s,t}(x_s) + grad X_{s,t}(x_s) b_s |^2.
+
+    ``b_s`` (shape of x_s) is the velocity at (s, x_s), computed by the caller (with or without
+    gradient). ``stop_advection``: the advective term grad X b_s is computed without gradient (the
+    gradient flows only through d_s X, "full"). aux: ``tangent_norm`` |d_s X|, ``advection_norm`` =
+    ``target_norm`` |grad X b_s| (-grad X b_s is the target of d_s X).
+    """
+    _, dsX = flow_map_ds(model, s, t, x_s, method=method, eps=eps)
+    if stop_advection:
+        with torch.no_grad():
+            _, adv = flow_map_dx(model, s, t, x_s, b_s, method=method, eps=eps)
+    else:
+        _, adv = flow_map_dx(model, s, t, x_s, b_s, method=method, eps=eps)
+    a = norm(adv)
+    return OffDiagonal(raw=squared_error(dsX, -adv), aux={"tangent_norm": norm(dsX), "advection_norm": a, "target_norm": a})
+
+
+def semigroup_target(average_velocity, flow_map, s, u, t, gamma, x_s) -> torch.Tensor:
+    """The v-form semigroup target (B25 P5') (1 - g) V_{s,u}(x_s) + g V_{u,t}(Y_{s,u}(x_s)),
+    u = g s + (1 - g) t, for the average velocity V and map Y of the model (PSD) or of a teacher (PD).
+    s, u, t, gamma (n,); x_s (n, *event); returns the shape of x_s (with whatever graph V and Y carry)."""
+    g = gamma.reshape(-1, *([1] * (x_s.ndim - 1)))
+    return (1.0 - g) * average_velocity(s, u, x_s) + g * average_velocity(u, t, flow_map(s, u, x_s))
 
 
 @dataclass(frozen=True)
@@ -53,14 +104,8 @@ class LagrangianSelfDistillation(SplitConfig):
 
     def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
         x_s, _ = interpolate(self.interpolant, s, x0, x1)
-        X, dtX = flow_map_dt(model, s, t, x_s, method=self.method, eps=self.fd_eps)
-        if self.stopgrad == "convex":
-            with torch.no_grad():
-                target = model.velocity(t, X.detach())
-        else:
-            target = model.velocity(t, X)
-        return OffDiagonal(raw=squared_error(dtX, target),
-                           aux={"tangent_norm": norm(dtX), "target_norm": norm(target)})
+        return lagrangian_residual(model, model.velocity, s, t, x_s, stop_target=self.stopgrad == "convex",
+                                   method=self.method, eps=self.fd_eps)
 
 
 @dataclass(frozen=True)
@@ -90,20 +135,10 @@ class EulerianSelfDistillation(SplitConfig):
 
     def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
         x_s, _ = interpolate(self.interpolant, s, x0, x1)
-        _, dsX = flow_map_ds(model, s, t, x_s, method=self.method, eps=self.fd_eps)
-        if self.stopgrad == "none":
+        with torch.set_grad_enabled(self.stopgrad == "none" and torch.is_grad_enabled()):
             b = model.velocity(s, x_s)
-        else:
-            with torch.no_grad():
-                b = model.velocity(s, x_s)
-        if self.stopgrad == "full":
-            with torch.no_grad():
-                _, adv = flow_map_dx(model, s, t, x_s, b, method=self.method, eps=self.fd_eps)
-        else:
-            _, adv = flow_map_dx(model, s, t, x_s, b, method=self.method, eps=self.fd_eps)
-        a = norm(adv)
-        return OffDiagonal(raw=squared_error(dsX, -adv),
-                           aux={"tangent_norm": norm(dsX), "advection_norm": a, "target_norm": a})
+        return eulerian_residual(model, b, s, t, x_s, stop_advection=self.stopgrad == "full",
+                                 method=self.method, eps=self.fd_eps)
 
 
 @dataclass(frozen=True)
@@ -136,23 +171,13 @@ class ProgressiveSelfDistillation(SplitConfig):
         """Per-sample loss (batch,); see :class:`LagrangianSelfDistillation` for ``x0`` / ``times``."""
         return evaluate_split(self, model, x1, generator, "psd", self._off_diagonal, x0=x0, times=times)
 
-    def _teacher(self, model, s, u, t, gamma, x_s):
-        X_su = model.flow_map(s, u, x_s)
-        v_su = model.average_velocity(s, u, x_s)
-        v_ut = model.average_velocity(u, t, X_su)
-        g = gamma.reshape(-1, *([1] * (x_s.ndim - 1)))
-        return (1.0 - g) * v_su + g * v_ut
-
     def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
         x_s, _ = interpolate(self.interpolant, s, x0, x1)
         gamma = self.intermediate.sample_gamma(s.shape[0], generator, s.dtype, s.device)
         u = intermediate_time(s, t, gamma)
         student = model.average_velocity(s, t, x_s)
-        if self.stopgrad == "convex":
-            with torch.no_grad():
-                target = self._teacher(model, s, u, t, gamma, x_s)
-        else:
-            target = self._teacher(model, s, u, t, gamma, x_s)
+        with torch.set_grad_enabled(self.stopgrad == "none" and torch.is_grad_enabled()):
+            target = semigroup_target(model.average_velocity, model.flow_map, s, u, t, gamma, x_s)
         raw = squared_error(student, target)
         if self.form == "X":
             raw = raw * (t - s) ** 2
