@@ -76,6 +76,8 @@ def test_beta_pair_is_sorted_iid_beta():
     s2, t2 = BetaPair(2.0, 3.0).sample(N, gen(7))
     F2 = stats.beta(2.0, 3.0).cdf
     assert ks(s2, min_of_two(F2)) > P_MIN and ks(t2, max_of_two(F2)) > P_MIN
+    # the default is iSD's law in this clock, Beta(1, 0.8) (mass near the data end)
+    assert ks(BetaPair().sample_diagonal(N, gen(8)), stats.beta(1.0, 0.8).cdf) > P_MIN
 
 
 def test_logit_normal_pair():

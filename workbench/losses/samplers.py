@@ -141,17 +141,18 @@ class UniformTriangle(_Affine):
 
 @dataclass(frozen=True)
 class BetaPair(_Affine):
-    """Two iid Beta(a, b) times sorted into s <= t (K26's iSD code draws
-    Beta(0.8, 1.0) in its own clock, where t = 1 is noise; in ours that is a = 1.0, b = 0.8, sec. 1.3); the
-    diagonal time is one Beta(a, b) draw."""
+    """Two iid Beta(a, b) times sorted into s <= t; the diagonal time is one Beta(a, b) draw. The
+    default is iSD's law in this clock: K26's iSD code draws Beta(0.8, 1.0) in its own clock, where
+    t = 1 is noise, and 1 - Beta(0.8, 1) is Beta(1, 0.8) (K26 digest sec. 1.3)."""
 
-    a: float = 0.8
-    b: float = 1.0
+    a: float = 1.0
+    b: float = 0.8
     lo: float = 0.0
     hi: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.a > 0 and self.b > 0 and math.isfinite(self.a) and math.isfinite(self.b)):
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.a, self.b))
+        if not (ok and self.a > 0 and self.b > 0 and math.isfinite(self.a) and math.isfinite(self.b)):
             raise ValueError(f"BetaPair needs finite a > 0 and b > 0, got a={self.a!r}, b={self.b!r}")
         _check_range(self.lo, self.hi)
 
