@@ -32,7 +32,10 @@ class ObjectiveResult:
     """Per-sample loss (batch,), named per-term values and the realised times.
 
     ``terms[name]`` is a per-sample tensor over the samples that carry that term (the diagonal
-    term, whose name contains ``diag``, over ``times.diagonal``; off-diagonal terms over the rest);
+    term, whose name contains ``diag``, over ``times.diagonal``; off-diagonal terms over the rest;
+    an objective whose term is carried by every sample says so, e.g. iSD's ``diag_fm`` anchor with
+    ``anchor="every"`` spans the batch, in batch order); consumers average terms, never index them
+    by ``times``;
     ``loss`` is the per-sample total actually minimised (after weighting). ``aux`` holds
     detached per-sample diagnostics (tangent norms, raw unweighted losses, ...).
     """
