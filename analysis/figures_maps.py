@@ -103,8 +103,8 @@ def samples_vs_steps(grid: SampleGrid, *, point_size: float = 0.6):
             _clean_axes(ax, box)
             frac = _outside(x, box)
             if frac > 0.005:
-                ax.text(0.97, 0.03, f"{100 * frac:.0f}% out", transform=ax.transAxes, ha="right", va="bottom",
-                        fontsize=6, color=PALETTE[3])
+                ax.text(0.97, 0.97, f"{100 * frac:.0f}% out", transform=ax.transAxes, ha="right", va="top",
+                        fontsize=6, color=PALETTE[3], bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=0.8))
             if r == 0:
                 ax.set_title(f"$N = {n_steps}$", fontsize=8)
         row[0].set_ylabel(method, fontsize=8)

@@ -98,7 +98,11 @@ def time_distribution(ts: TimeSamples, *, bins: int = 25):
     if law is not None:
         _pdf(ax_s, law.grid, law.s_pdf, law.s_atom, law.label, horizontal=False)
         _pdf(ax_t, law.grid, law.t_pdf, law.t_atom, law.label, horizontal=True)
-        _pdf(ax_d, law.grid, law.diag_pdf, None, law.label, horizontal=False)
+        if not law.diag_fraction == 0:  # (NaN: unknown share, the law of the diagonal time still holds)
+            _pdf(ax_d, law.grid, law.diag_pdf, None, law.label, horizontal=False)
+    if not diag.any():
+        ax_d.text(0.5, 0.5, "none", transform=ax_d.transAxes, ha="center", va="center", fontsize=7)
+        ax_d.set_yticks([])
     ax_s.set_ylabel("density of $s$", fontsize=7)
     ax_t.set_xlabel("density of $t$", fontsize=7)
     ax_d.set_title("diagonal $s = t$", fontsize=7)
@@ -109,7 +113,7 @@ def time_distribution(ts: TimeSamples, *, bins: int = 25):
         a.tick_params(labelsize=6)
     plt.setp(ax_s.get_xticklabels(), visible=False)
     plt.setp(ax_t.get_yticklabels(), visible=False)
-    ax_s.legend(fontsize=6, loc="best", frameon=False)
+    ax_s.legend(fontsize=6, loc="upper right", framealpha=0.85)
     share = f"diagonal share {diag.mean():.3f}" if diag.size else "no samples"
     if law is not None:
         share += f" (configured {law.diag_fraction:.3f})"

@@ -76,6 +76,8 @@ class TrainingCurves:
 
     loss: the total loss; terms: per-term batch means by term name; grad_norm: the global gradient
     norm before clipping; term_grad_norms: |grad of each term's batch mean| (periodic);
+    grad_norm_max: the largest global gradient norm of each logging window (catches spikes
+    between logged steps);
     oracle: flow-map RMS error against the oracle by label (online model, EMAs); events:
     detector events; skipped: steps whose update was skipped (non-finite loss or gradient);
     diverged_at: the step where the run stopped as diverged (None when it did not).
@@ -86,6 +88,7 @@ class TrainingCurves:
     terms: dict = field(default_factory=dict)
     grad_norm: Series | None = None
     term_grad_norms: dict = field(default_factory=dict)
+    grad_norm_max: Series | None = None
     oracle: dict = field(default_factory=dict)
     events: tuple = ()
     skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
@@ -105,7 +108,7 @@ def _mark_steps(ax, curves: TrainingCurves, *, label_events: bool) -> None:
         seen.add(e.name)
         if label_events:
             ax.text(e.step, 0.98, f" {e.name}", transform=trans, rotation=90, va="top", ha="right",
-                    fontsize=6.5, color=colour[e.name])
+                    fontsize=6.5, color=colour[e.name], bbox=dict(facecolor="white", alpha=0.7, lw=0, pad=0.5))
     if len(curves.skipped):
         ax.plot(curves.skipped, np.full(len(curves.skipped), 0.02), "x", color=PALETTE[3], ms=4, mew=1.0,
                 transform=trans, clip_on=False, label="skipped step (non-finite)" if label_events else None)
@@ -148,6 +151,12 @@ def training_curves(curves: TrainingCurves):
         elif kind == "grad":
             series = {} if curves.grad_norm is None else {"total": curves.grad_norm}
             drawn = _plot_series(ax, series)
+            if curves.grad_norm_max is not None and len(curves.grad_norm_max[0]):
+                steps, values = curves.grad_norm_max
+                v = np.asarray(values, dtype=float)
+                ok = np.isfinite(v)
+                ax.plot(np.asarray(steps)[ok], v[ok], color=PALETTE[0], lw=0.7, ls=":", label="total, window max")
+                drawn.append(v[ok])
             per_term = {f"term {n}": s for n, s in curves.term_grad_norms.items()}
             for k, (label, (steps, values)) in enumerate(per_term.items()):
                 v = np.asarray(values, dtype=float)
@@ -169,7 +178,8 @@ def training_curves(curves: TrainingCurves):
     return fig
 
 
-def steps_quality(qualities: Mapping[str, object], *, drift: bool = True, floors: Mapping[str, float] | None = None):
+def steps_quality(qualities: Mapping[str, object], *, drift: bool = True, floors: Mapping[str, float] | None = None,
+                  title: str = "sample quality against the number of steps"):
     """Quality of N-step sampling against N (log2 axis), one panel per metric (log scale; symlog
     when a value is <= 0, e.g. the unbiased MMD^2) and one line per method; with ``drift`` a last
     panel shows the RMS drift |x^(N)(x0) - x^(1)(x0)| of N-step from one-step samples (N > 1).
@@ -227,6 +237,9 @@ def steps_quality(qualities: Mapping[str, object], *, drift: bool = True, floors
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
-    fig.suptitle("sample quality against the number of steps", x=0.01, ha="left", fontsize=9)
+    if len(flat) > len(names):  # an empty panel holds the legend
+        flat[-1].legend(handles, labels, loc="center", fontsize=7, frameon=False)
+    else:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
+    fig.suptitle(title, x=0.01, ha="left", fontsize=9)
     return fig

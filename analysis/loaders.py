@@ -139,7 +139,8 @@ def detector_events(run: TrainingRun) -> tuple[Event, ...]:
 
 def training_curves_of(run: TrainingRun) -> TrainingCurves:
     """The curves of :func:`analysis.figures_training.training_curves` from metrics.jsonl: ``loss``,
-    ``terms/<name>``, ``grad_norm``, ``grads/term/<name>`` (periodic diagnostics), the oracle error
+    ``terms/<name>``, ``grad_norm``, ``signals/grad_norm_max`` (window maximum), ``grads/term/<name>``
+    (periodic diagnostics), the oracle error
     ``oracle/map_rmse`` (online), ``oracle/ema<r>/map_rmse`` (EMAs), ``oracle/map01_rmse`` (one-step
     map) and ``periodic/map_rmse`` (grid), skipped steps and a diverged stop."""
     rows = run.metrics
@@ -156,11 +157,13 @@ def training_curves_of(run: TrainingRun) -> TrainingCurves:
         oracle[f"{who}: {what}{where}"] = series(rows, key)
     skipped = np.asarray([int(r["step"]) for r in rows if r.get("skipped") is True], dtype=int)
     diverged = [int(r["step"]) for r in rows if r.get("stopped") == "diverged"]
+    def optional(key: str):
+        return series(rows, key) if any(key in r for r in rows) else None
+
     return TrainingCurves(
-        name=f"{run.method} ({run.name})", loss=series(rows, "loss"), terms=terms,
-        grad_norm=series(rows, "grad_norm") if any("grad_norm" in r for r in rows) else None,
-        term_grad_norms=grads, oracle=oracle, events=detector_events(run), skipped=skipped,
-        diverged_at=diverged[0] if diverged else None,
+        name=f"{run.method} ({run.name})", loss=series(rows, "loss"), terms=terms, grad_norm=optional("grad_norm"),
+        term_grad_norms=grads, grad_norm_max=optional("signals/grad_norm_max"), oracle=oracle,
+        events=detector_events(run), skipped=skipped, diverged_at=diverged[0] if diverged else None,
     )
 
 

@@ -15,7 +15,8 @@ PDF + PNG into --out (paths printed, one per line):
   data has an analytic flow);
 * across the training runs, per data set: ``samples_vs_steps`` (rows = methods, columns =
   trajectories and N = 1, 2, 4, 8, 16 steps), ``quality_vs_steps`` (one panel per metric, one line
-  per method), and with two runs or more ``by_gap`` (the last evaluation of each run); with
+  per method), and with two runs or more ``by_gap`` (map error of the last evaluation, gradient
+  norms pooled over evaluations); with
   several data sets these names end in ``_<data name>``.
 
 Quality against steps comes from the run's ``evaluation.json`` (workbench.experiments.evaluate,
@@ -166,7 +167,7 @@ def _per_run(run, label: str, out: Path, opts: Options) -> tuple[_RunState, list
 
 
 def _quality_of(st: _RunState, opts: Options) -> tuple[str, object, dict] | None:
-    """(label, StepsQuality, floors): evaluation.json, else computed from the checkpoint (the same
+    """(source, StepsQuality, floors): evaluation.json, else computed from the checkpoint (the same
     protocol for every run), else the logged periodic values."""
     from . import derived
 
@@ -176,12 +177,12 @@ def _quality_of(st: _RunState, opts: Options) -> tuple[str, object, dict] | None
         opts.notes.append(f"{err}; quality from the checkpoint instead")
         found = None
     if found is not None:
-        return st.label, found[0], found[1]
+        return "evaluation.json", found[0], found[1]
     if st.model is not None:
         q = derived.compute_quality(st.model, st.data, steps=opts.steps, n=min(opts.n_samples, 1000), seed=opts.seed)
-        return f"{st.label} (computed)", q, {}
+        return "computed from the checkpoint", q, {}
     q = quality_from_metrics(st.run.metrics)
-    return None if q is None else (f"{st.label} (logged)", q, {})
+    return None if q is None else ("logged during training", q, {})
 
 
 def _per_data_set(states: list[_RunState], suffix: str, out: Path, opts: Options) -> list[Path]:
@@ -194,22 +195,24 @@ def _per_data_set(states: list[_RunState], suffix: str, out: Path, opts: Options
         grid = derived.sample_grid({st.label: st.model for st in with_model}, with_model[0].data, steps=opts.steps,
                                    n=opts.n_samples, seed=opts.seed)
         written += save_figure(samples_vs_steps(grid), out, f"samples_vs_steps{suffix}")
-    qualities, floors = {}, {}
-    for st in states:
-        found = _quality_of(st, opts)
-        if found is not None:
-            qualities[found[0]] = found[1]
-            for k, v in found[2].items():
+    found = [(st.label, q) for st in states if (q := _quality_of(st, opts)) is not None]
+    if found:
+        sources = {source for _, (source, _, _) in found}
+        single = len(sources) == 1
+        qualities = {label if single else f"{label} ({source})": q for label, (source, q, _) in found}
+        floors: dict[str, float] = {}
+        for _, (_, _, fl) in found:
+            for k, v in fl.items():
                 floors.setdefault(k, v)
-    if qualities:
-        written += save_figure(steps_quality(qualities, floors=floors), out, f"quality_vs_steps{suffix}")
+        title = "sample quality against the number of steps" + (f" ({sources.pop()})" if single else "")
+        written += save_figure(steps_quality(qualities, floors=floors, title=title), out, f"quality_vs_steps{suffix}")
     series: dict[str, list[GapCurve]] = {}
     for st in states:
         for quantity, curve in st.gaps.items():
             series.setdefault(quantity, []).append(curve)
     series = {k: v for k, v in series.items() if len(v) > 1}
     if series:
-        written += save_figure(by_gap(series, title="by gap, across runs (last evaluation)"), out, f"by_gap{suffix}")
+        written += save_figure(by_gap(series, title="by gap, across runs"), out, f"by_gap{suffix}")
     return written
 
 

@@ -21,7 +21,8 @@ from matplotlib.collections import QuadMesh  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from analysis import derived, loaders  # noqa: E402
-from analysis.figures_maps import GapCurve, SampleGrid, TimeGridMap, by_gap, masked_map, samples_vs_steps, st_maps  # noqa: E402
+from analysis.figures_maps import (GapCurve, SampleGrid, TimeGridMap, by_gap, masked_map,  # noqa: E402
+                                   samples_vs_steps, st_maps)
 from analysis.figures_times import TimeSamples, time_distribution  # noqa: E402
 from analysis.figures_training import Event, TrainingCurves, steps_quality, training_curves  # noqa: E402
 from analysis.make_figures import Options, main, make_figures  # noqa: E402
@@ -57,7 +58,8 @@ def _curves(signed: bool = False) -> TrainingCurves:
     b = -0.01 * np.ones(40) if signed else 0.01 * np.ones(40)
     return TrainingCurves(
         name="lsd (run)", loss=(k, loss), terms={"diag_fm": (k, 2.0 / k), "lsd": (k, b)},
-        grad_norm=(k, np.sqrt(k)), term_grad_norms={"diag_fm": (k[::10], k[::10] * 0.5), "lsd": (k[::10], k[::10] * 0.1)},
+        grad_norm=(k, np.sqrt(k)), grad_norm_max=(k[::5], 2 * np.sqrt(k[::5])),
+        term_grad_norms={"diag_fm": (k[::10], k[::10] * 0.5), "lsd": (k[::10], k[::10] * 0.1)},
         oracle={"online: $X_{s,t}$": (k[::5], 1.0 / np.sqrt(k[::5]))},
         events=(Event(12, "identity"), Event(30, "grad_explosion")), skipped=np.array([8, 9, 33]), diverged_at=40,
     )
@@ -72,7 +74,8 @@ def test_training_curves_panels_lines_events_and_skipped_steps():
     for want in ("total", "term diag_fm", "term lsd", "fired: identity", "fired: grad_explosion",
                  "skipped step (non-finite)", "diverged (stopped)"):
         assert want in labels
-    assert [l for l in _legend_labels(grad_ax) if l.startswith(("total", "term"))] == ["total", "term diag_fm", "term lsd"]
+    assert [l for l in _legend_labels(grad_ax) if l.startswith(("total", "term"))] == [
+        "total", "total, window max", "term diag_fm", "term lsd"]
     assert _legend_labels(oracle_ax)[0] == "online: $X_{s,t}$"
     # event names written on the loss panel; skipped steps drawn at their steps
     assert {t.get_text().strip() for t in loss_ax.texts} == {"identity", "grad_explosion"}
@@ -102,13 +105,16 @@ def test_training_curves_signed_term_uses_symlog_and_no_oracle_panel():
 def test_steps_quality_one_panel_per_metric_one_line_per_method():
     steps = (1, 2, 4, 8)
     q = {
-        "lsd": StepsQuality(steps, {"w2": (0.5, 0.4, 0.3, 0.3), "mmd2": (0.1, 0.01, -0.001, 0.002)}, (0.0, 0.1, 0.2, 0.25)),
+        "lsd": StepsQuality(steps, {"w2": (0.5, 0.4, 0.3, 0.3), "mmd2": (0.1, 0.01, -0.001, 0.002)},
+                            (0.0, 0.1, 0.2, 0.25)),
         "psd_midpoint": StepsQuality(steps, {"w2": (0.9, 0.5, 0.3, 0.2), "mmd2": (0.2, 0.05, 0.01, 0.003)},
                                      (0.0, 0.3, 0.4, 0.45)),
     }
     fig = steps_quality(q)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["lsd", "psd_midpoint"]  # no empty panel
     visible = [ax for ax in fig.axes if ax.axison]
-    assert [ax.get_title(loc="left") for ax in visible] == ["$W_2$", r"$\mathrm{MMD}^2$", r"$\|x^{(N)} - x^{(1)}\|$ (RMS)"]
+    assert [ax.get_title(loc="left") for ax in visible] == [
+        "$W_2$", r"$\mathrm{MMD}^2$", r"$\|x^{(N)} - x^{(1)}\|$ (RMS)"]
     for ax in visible:
         assert len(ax.get_lines()) == 2
         assert ax.get_xscale() == "log"
@@ -215,7 +221,8 @@ def _bin_means(pdf_fn, edges, per_bin=400):
 
 
 @pytest.mark.parametrize("sampler", [UniformTriangle(lo=0.1, hi=0.9), BetaPair(1.0, 0.8), LogitNormalPair(0.4, 1.0),
-                                     DiscreteGapSampler(delta=0.2)], ids=lambda s: type(s).__name__)
+                                     DiscreteGapSampler(delta=0.2)],
+                         ids=lambda s: type(s).__name__)
 def test_configured_law_matches_monte_carlo_of_the_sampler(sampler):
     """Closed-form marginals of s, t and the diagonal time against histograms of the sampler's own
     draws (n = 200,000; each bin within 5 Monte Carlo standard errors plus 1 % for the midpoint rule
@@ -308,6 +315,7 @@ def _hand_run(rd: Path, objective: str = "fm") -> None:
              "diagnosis/collapse_fired": 1.0, "grads/term/diag_fm": 0.7, "oracle/map_rmse": 0.3,
              "oracle/ema0.999/map_rmse": 0.4, "oracle/ema0.999/map01_rmse": 0.5},
             {"step": 20, "loss": 0.5, "terms/diag_fm": 0.5, "grad_norm": 1.0, "skipped": False,
+             "signals/grad_norm_max": 3.0,
              "quality/w2/1": 0.9, "quality/w2/2": 0.5, "quality/drift/1": 0.0, "quality/drift/2": 0.2,
              "quality/ema0.999/w2/1": 7.0},
             {"step": 30, "loss": None, "skipped": True, "stopped": "diverged", "message": "..."}]
@@ -328,6 +336,7 @@ def test_loaders_read_metrics_events_bins_and_quality(tmp_path):
     assert c.diverged_at == 30
     assert set(c.oracle) == {"online: $X_{s,t}$", "EMA 0.999: $X_{s,t}$"}
     assert c.term_grad_norms["diag_fm"][1].tolist() == [0.7]
+    assert c.grad_norm_max[0].tolist() == [20] and c.grad_norm_max[1].tolist() == [3.0]
     # collapse: metrics say 10, diagnosis.json 15 -> 10; identity only in diagnosis.json
     assert c.events == (Event(10, "collapse"), Event(20, "identity"))
     q = loaders.quality_from_metrics(run.metrics)
@@ -365,7 +374,8 @@ def test_quality_from_evaluation_and_floors_in_the_figure(tmp_path):
     w2 = [ax for ax in fig.axes if ax.get_title(loc="left") == "$W_2$"][0]
     floor_lines = [ln for ln in w2.get_lines() if ln.get_label() == "floor (data vs data)"]
     assert len(floor_lines) == 1 and floor_lines[0].get_ydata()[0] == 0.05
-    assert "floor (data vs data)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    legend = [ax for ax in fig.axes if not ax.axison][0].get_legend()  # the empty sixth panel holds it
+    assert [t.get_text() for t in legend.get_texts()] == ["lsd", "floor (data vs data)"]
     assert loaders.quality_from_evaluation(tmp_path / "none") is None
     (tmp_path / "evaluation.json").write_text('{"steps": [1, 2], "quality": {"w2": [0.1]}}')
     with pytest.raises(ValueError, match="not an evaluation document"):
