@@ -6,6 +6,8 @@ The model implements the flow contract (``velocity``, ``flow_map``, ``dim``) plu
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -30,8 +32,12 @@ class NeuralFlowMap(nn.Module):
         learned_weight: bool = False,
     ) -> None:
         super().__init__()
-        if not data_std > 0:
-            raise ValueError(f"data_std must be > 0, got {data_std!r}")
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be a torch.nn.Module forward(x, s, dt), got {type(backbone).__name__}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if isinstance(data_std, bool) or not isinstance(data_std, (int, float)) or not (math.isfinite(data_std) and data_std > 0):
+            raise ValueError(f"data_std must be a finite number > 0, got {data_std!r}")
         self.backbone = backbone
         self.dim = dim
         self.data_std = float(data_std)
@@ -47,25 +53,29 @@ class NeuralFlowMap(nn.Module):
     def _times(self, s, t, x):
         return broadcast_time(s, x, "s"), broadcast_time(t, x, "t")
 
-    def average_velocity(self, s, t, x: torch.Tensor) -> torch.Tensor:
-        """v_{s,t}(x), shape of x."""
-        x = check_state(x, self.dim)
-        sb, tb = self._times(s, t, x)
+    def _v(self, sb: torch.Tensor, tb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.data_std * self.backbone(x / self.data_std, sb, tb - sb)
 
-    def flow_map(self, s, t, x: torch.Tensor) -> torch.Tensor:
-        """X_{s,t}(x) = x + (t - s) v_{s,t}(x)."""
+    def average_velocity(self, s, t, x: torch.Tensor) -> torch.Tensor:
+        """v_{s,t}(x) = c_out backbone(c_in x, s, t - s): x (batch, dim), s, t float / 0-d / (batch,) in
+        [0, 1]; returns the shape of x."""
         x = check_state(x, self.dim)
         sb, tb = self._times(s, t, x)
-        v = self.data_std * self.backbone(x / self.data_std, sb, tb - sb)
-        return x + expand_as_state(tb - sb, x) * v
+        return self._v(sb, tb, x)
+
+    def flow_map(self, s, t, x: torch.Tensor) -> torch.Tensor:
+        """X_{s,t}(x) = x + (t - s) v_{s,t}(x) (B25 sec. 1.2), shape of x; X_{s,s} = id exactly."""
+        x = check_state(x, self.dim)
+        sb, tb = self._times(s, t, x)
+        return x + expand_as_state(tb - sb, x) * self._v(sb, tb, x)
 
     def velocity(self, t, x: torch.Tensor) -> torch.Tensor:
         """b_t(x) = v_{t,t}(x) (the tangent condition)."""
         return self.average_velocity(t, t, x)
 
     def loss_weight(self, s, t, x: torch.Tensor) -> torch.Tensor:
-        """Learned log-variance w(s, t), shape (batch,); zero when the head is off."""
+        """Learned log-variance w(s, t) = Linear(embed(s, t)) of B25's uncertainty weighting (digest
+        sec. 2.2: raw s and t, w_{t,t} on the diagonal), shape (batch,); zero when the head is off."""
         sb, tb = self._times(s, t, x)
         if not self.learned_weight:
             return torch.zeros_like(sb)

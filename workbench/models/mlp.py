@@ -27,8 +27,9 @@ class MLPBackbone(nn.Module):
         zero_init: bool = False,
     ) -> None:
         super().__init__()
-        if dim < 1 or hidden < 1 or depth < 1:
-            raise ValueError(f"dim, hidden and depth must be >= 1, got {dim}, {hidden}, {depth}")
+        for name, v in (("dim", dim), ("hidden", hidden), ("depth", depth)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         self.dim = dim
@@ -45,5 +46,6 @@ class MLPBackbone(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """x (batch, dim), s and dt = t - s (batch,) -> head(body([x, embed(s, dt)])), shape of x."""
         h = torch.cat([x, self.embed(s, dt).to(x.dtype)], dim=-1)
         return self.head(self.body(h))
