@@ -80,6 +80,10 @@ def samples_vs_steps(grid: SampleGrid, *, point_size: float = 0.6):
     side = WIDTH_FULL / ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(WIDTH_FULL, side * nrow + 0.35), squeeze=False)
     data = np.asarray(grid.data)
+    if data.shape[1] == 1:
+        _one_dimensional(axes, grid, data, has_traj)
+        fig.tight_layout(pad=0.3, w_pad=0.15, h_pad=0.15)
+        return fig
     box = _box(data)
     for r, method in enumerate(grid.methods):
         row = axes[r]
@@ -110,6 +114,31 @@ def samples_vs_steps(grid: SampleGrid, *, point_size: float = 0.6):
         row[0].set_ylabel(method, fontsize=8)
     fig.tight_layout(pad=0.3, w_pad=0.15, h_pad=0.15)
     return fig
+
+
+def _one_dimensional(axes, grid: SampleGrid, data: np.ndarray, has_traj: bool) -> None:
+    """1-D data: trajectories as x against t, samples as histograms (outline) over the data's."""
+    lo, hi = np.percentile(data[:, 0], [0.5, 99.5])
+    pad = 0.15 * (hi - lo + 1e-6)
+    bins = np.linspace(lo - pad, hi + pad, 41)
+    for r, method in enumerate(grid.methods):
+        row = axes[r]
+        if has_traj:
+            traj = np.asarray(grid.trajectories[method])
+            row[0].plot(grid.times, traj[:, :, 0], color=PALETTE[0], lw=0.4, alpha=0.6)
+            row[0].set_xlabel("$t$", fontsize=7)
+            if r == 0:
+                row[0].set_title("$X_{0,t}(x_0)$", fontsize=8)
+        for i, n_steps in enumerate(grid.steps):
+            ax = row[i + int(has_traj)]
+            x = np.asarray(grid.samples[method])[i][:, 0]
+            ax.hist(data[:, 0], bins=bins, density=True, color="0.78")
+            ax.hist(x[np.isfinite(x)], bins=bins, density=True, histtype="step", color=PALETTE[0], lw=1.0)
+            ax.set_yticks([])
+            ax.tick_params(labelsize=6)
+            if r == 0:
+                ax.set_title(f"$N = {n_steps}$", fontsize=8)
+        row[0].set_ylabel(method, fontsize=8)
 
 
 @dataclass(frozen=True)

@@ -153,8 +153,12 @@ def _per_run(run, label: str, out: Path, opts: Options) -> tuple[_RunState, list
     except ValueError as err:
         opts.notes.append(f"{run.run_dir}: {err}; no sample-based figures")
     if state.model is not None:
-        times = derived.realised_times(run, state.model, state.data, n=opts.n_times, seed=opts.seed)
-        written += save_figure(time_distribution(times), out, f"{slug}_times")
+        try:
+            times = derived.realised_times(run, state.model, state.data, n=opts.n_times, seed=opts.seed)
+        except (ValueError, RuntimeError) as err:  # e.g. an objective that cannot run without a teacher
+            opts.notes.append(f"{run.run_dir}: the objective could not draw its times ({err}); no times figure")
+        else:
+            written += save_figure(time_distribution(times), out, f"{slug}_times")
     maps, gaps, source = _st_maps_of(run, state.model, state.data, opts)
     if maps:
         written += save_figure(st_maps(maps, gaps, title=label), out, f"{slug}_st_maps")
@@ -179,8 +183,13 @@ def _quality_of(st: _RunState, opts: Options) -> tuple[str, object, dict] | None
     if found is not None:
         return "evaluation.json", found[0], found[1]
     if st.model is not None:
-        q = derived.compute_quality(st.model, st.data, steps=opts.steps, n=min(opts.n_samples, 1000), seed=opts.seed)
-        return "computed from the checkpoint", q, {}
+        try:
+            q = derived.compute_quality(st.model, st.data, steps=opts.steps, n=min(opts.n_samples, 1000),
+                                        seed=opts.seed)
+        except (ValueError, RuntimeError) as err:  # e.g. non-finite samples of a broken map
+            opts.notes.append(f"{st.run.run_dir}: quality could not be computed ({err})")
+        else:
+            return "computed from the checkpoint", q, {}
     q = quality_from_metrics(st.run.metrics)
     return None if q is None else ("logged during training", q, {})
 
@@ -218,6 +227,10 @@ def _per_data_set(states: list[_RunState], suffix: str, out: Path, opts: Options
 
 def _training(run_dirs: list[Path], out: Path, opts: Options) -> list[Path]:
     runs = [load_training_run(rd) for rd in run_dirs]
+    for run in runs:  # before any figure is written
+        if opts.ema is not None and float(opts.ema) not in run.config.ema_rates:
+            raise ValueError(f"--ema {opts.ema:g} is not an EMA rate of {run.run_dir} "
+                             f"(its ema_rates: {run.config.ema_rates})")
     written: list[Path] = []
     groups: dict[str, list[_RunState]] = {}
     for run, label in zip(runs, _labels(runs)):

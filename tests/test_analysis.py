@@ -146,6 +146,18 @@ def test_samples_vs_steps_grid_layout_and_points():
     assert not axes[0, 3].texts
 
 
+def test_samples_vs_steps_one_dimensional_data_as_histograms():
+    rng = np.random.default_rng(1)
+    grid = SampleGrid(methods=("fm",), steps=(1, 2), samples={"fm": rng.normal(0, 1, (2, 300, 1))},
+                      data=rng.normal(0, 1, (300, 1)), times=np.linspace(0, 1, 4),
+                      trajectories={"fm": rng.normal(0, 1, (4, 6, 1))})
+    fig = samples_vs_steps(grid)
+    axes = fig.axes
+    assert len(axes) == 3 and len(axes[0].get_lines()) == 6  # x against t, one line per point
+    assert [ax.get_title() for ax in axes[1:]] == ["$N = 1$", "$N = 2$"]
+    assert all(len(ax.patches) == 41 for ax in axes[1:])  # 40 data bars + one outline
+
+
 def test_sample_grid_exact_map_is_step_independent():
     """For the exact flow map every N gives X_{0,1}(x0) (semigroup); x0 is one shared draw."""
     flow = GaussianFlow(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=F64))
@@ -486,6 +498,9 @@ def test_make_figures_api_options_and_errors(tmp_path, capsys):
     _hand_run(rd)
     with pytest.raises(ValueError, match="ema_rates"):
         derived.load_model(loaders.load_training_run(rd), ema=0.5)
+    assert main([str(rd), "--out", str(tmp_path / "o"), "--ema", "0.5"]) == 2
+    assert "not an EMA rate" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # checked before any figure is written
 
 
 def test_gallery_builder_still_works(tmp_path):
