@@ -27,8 +27,8 @@ from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from .style import PALETTE, WIDTH_FULL, use_style
 
-__all__ = ["PowerLawCurve", "bound_scatter", "detector_matrix", "detector_table", "fit_slope", "live_curves", "metric_tex",
-           "power_law_panels", "sample_panels", "time_heatmaps"]
+__all__ = ["PowerLawCurve", "bound_scatter", "detector_matrix", "detector_table", "fit_slope", "live_curves",
+           "metric_tex", "power_law_panels", "sample_panels", "time_heatmaps"]
 
 _METRIC_TEX = {
     "loss": r"$\mathcal{L}$",
@@ -54,8 +54,8 @@ def live_curves(series, panels):
     from workbench.diagnostics.live import draw_metrics
 
     use_style()
-    n = len(panels)
-    return draw_metrics(series, panels, colors=PALETTE, key_label=metric_tex, figsize=(WIDTH_FULL, 2.5 if n > 1 else 2.2))
+    height = 2.5 if len(panels) > 1 else 2.2
+    return draw_metrics(series, panels, colors=PALETTE, key_label=metric_tex, figsize=(WIDTH_FULL, height))
 
 
 def _scatter_box(arrays: Sequence[np.ndarray], pad: float = 0.1) -> tuple[tuple[float, float], tuple[float, float]]:

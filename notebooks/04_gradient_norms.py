@@ -78,18 +78,20 @@ def fixed_times(s: torch.Tensor, t: torch.Tensor) -> TimeBatch:
 # so even at the exact map the residual is $r \approx -\Delta\, \nabla X\, (\dot I_s - b_s(I_s))
 # = O(\Delta)$, and for any smooth model $r = \Delta \dot f + O(\Delta^2)$. Hence:
 #
-# | $\lambda(\Delta)$ | squared distance: $|g| \propto \lambda \Delta$ | pseudo-Huber, $|r| \gg c$: $|g| \propto \lambda$ |
+# | $\lambda(\Delta)$ | squared distance, $\lVert g\rVert \propto \lambda\Delta$ | pseudo-Huber, $\lVert g\rVert \propto \lambda$ |
 # |---|---|---|
 # | $1$ | $\Delta^{1}$ | $\Delta^{0}$ |
 # | $1/\Delta$ (iCT-like) | $\Delta^{0}$ | $\Delta^{-1}$ |
 # | $1/\Delta^2$ | $\Delta^{-1}$ | $\Delta^{-2}$ |
 #
 # The next order, $\tfrac12 \Delta^2 \ddot f$, bends the curves at the largest gaps, so the fit over
-# the small gaps alone sits closer to the prediction. Pseudo-Huber normalises the residual ($|\partial_r d| < 1$), which is exactly what an
-# $O(1)$ noise floor $\xi$ (EMA teacher, dropout, bf16) does to the squared distance: its column
-# is the digest's "noise part". Two models: the exact flow map of a 2-D Gaussian moved by one
-# parameter $\varepsilon$ along a fixed direction (`PerturbedFlowMap` at $\varepsilon = 0$, so the
-# model *is* the truth and $J = (t - s)\, d(s, t, x)$ is known), and an MLP at initialisation.
+# the small gaps alone sits closer to the prediction. Pseudo-Huber normalises the residual
+# ($|\partial_r d| < 1$), which is exactly what an $O(1)$ noise floor $\xi$ (EMA teacher,
+# dropout, bf16) does to the squared distance: its column is the digest's "noise part" (it holds
+# while the residual is much larger than $c$, here $0.00054\sqrt{2}$). Two models: the exact flow
+# map of a 2-D Gaussian moved by one parameter $\varepsilon$ along a fixed direction
+# (`PerturbedFlowMap` at $\varepsilon = 0$, so the model *is* the truth and
+# $J = (t - s)\, d(s, t, x)$ is known), and an MLP at initialisation.
 
 # %%
 flow = make_flow("gaussian_2d")
@@ -194,7 +196,8 @@ st = torch.rand(n3, 2, generator=g, dtype=F64).sort(dim=1).values
 s, t = st[:, 0], st[:, 1]
 objectives = {"LSD": OBJECTIVES["lsd"], "ESD, sg full": OBJECTIVES["esd"],
               "ESD, grad via $\\nabla_x X$": dataclasses.replace(OBJECTIVES["esd"], stopgrad="convex")}
-norms = {k: per_sample_grad_norms(net, obj(net, x1, x0=x0, times=fixed_times(s, t)).loss) for k, obj in objectives.items()}
+norms = {k: per_sample_grad_norms(net, obj(net, x1, x0=x0, times=fixed_times(s, t)).loss)
+         for k, obj in objectives.items()}
 
 bins = 4 if SMOKE else 8
 maps, gaps = {}, {}

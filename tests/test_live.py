@@ -126,7 +126,8 @@ def test_empty_plot_draws_and_default_panels():
 
 def test_metrics_tail_keeps_a_torn_line_for_later(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n" + json.dumps({"step": 2, "loss": 0.5}) + "\n" + '{"step": 3, "lo')
+    lines = [json.dumps({"step": 1, "loss": 1.0}), json.dumps({"step": 2, "loss": 0.5}), '{"step": 3, "lo']
+    path.write_text("\n".join(lines))
     tail = MetricsTail(tmp_path)
     assert [r["step"] for r in tail.read_new()] == [1, 2]
     assert tail.read_new() == []
@@ -203,3 +204,45 @@ def test_ipython_sink_shows_a_png_then_updates_in_place(monkeypatch):
     sink.new_output()
     sink.show(fig)
     assert calls[-1][0] == "display"
+
+
+# -- the notebooks' plotting helpers (analysis.notebook_plots) -------------------------------------
+def test_fit_slope_recovers_a_power_law_and_skips_bad_points():
+    import torch
+
+    from analysis.notebook_plots import fit_slope
+    from workbench.core import ulps
+
+    tol = ulps(torch.float64, 256)  # a least-squares fit of logs of exact powers: round-off only
+    x = np.geomspace(1e-3, 1.0, 7)
+    assert abs(fit_slope(x, 3.0 * x**-1.5) - (-1.5)) < tol
+    y = 0.5 * x**2
+    y[[1, 4]] = [np.nan, 0.0]  # non-finite and non-positive values are left out of the fit
+    assert abs(fit_slope(x, y) - 2.0) < tol
+    assert math.isnan(fit_slope(x[:1], y[:1]))
+
+
+def test_detector_table_orients_scores_and_marks_fired():
+    from analysis.notebook_plots import detector_table
+    from workbench.diagnostics import DetectorReport
+
+    reports = {
+        "a": [DetectorReport("up", True, 0.3, 0.1, ""), DetectorReport("down", False, 0.5, 0.1, "", fires_above=False)],
+        "b": [DetectorReport("up", False, 0.0, 0.0, ""), DetectorReport("count", True, 2.0, 0.0, "")],
+        "c": [DetectorReport("up", False, math.nan, 0.1, "not applicable")],
+    }
+    score, fired = detector_table(reports, ["up", "down", "count"])
+    expected = np.array([[3.0, 0.2, np.nan], [0.0, np.nan, np.inf], [np.nan, np.nan, np.nan]])
+    np.testing.assert_allclose(score, expected, rtol=1e-15)
+    np.testing.assert_array_equal(fired, [[True, False, False], [False, False, True], [False, False, False]])
+
+
+def test_notebook_figures_draw_and_refuse_bad_shapes():
+    from analysis.notebook_plots import detector_matrix, live_curves, sample_panels
+
+    fig = LivePlot(draw=live_curves, sink=None).figure()
+    assert [ax.get_title(loc="left") for ax in fig.axes] == list(DEFAULT_PANELS)
+    with pytest.raises(ValueError, match="panels"):
+        sample_panels({"a": np.zeros((5, 3))})
+    with pytest.raises(ValueError, match="shape"):
+        detector_matrix(["r"], ["c1", "c2"], np.zeros((1, 1)), np.zeros((1, 1), bool))

@@ -184,7 +184,7 @@ def draw_metrics(series: Series, panels: Mapping[str, Sequence[str]], *, colors:
         ax.set_xlabel("optimiser step")
         if len(slots) > 1:
             ax.legend([Line2D([], [], color="0.3", ls=styles[j % len(styles)]) for j in range(len(slots))],
-                      [" / ".join(key_label(k) for k in keys) for keys in slots], fontsize=7)
+                      [" / ".join(key_label(k) for k in keys) for keys in slots], fontsize=7, loc="best")
     if labels:
         handles = [Line2D([], [], color=colors[r % len(colors)]) for r in range(len(labels))]
         fig.legend(handles, labels, loc="outside upper right", ncols=max(len(labels), 1), fontsize=8, frameon=False)
@@ -262,7 +262,8 @@ class LivePlot:
     @property
     def series(self) -> Series:
         """run label -> metric name -> (steps (k,) int array, values (k,) float array)."""
-        return {label: {k: (np.asarray(s, dtype=np.int64), np.asarray(v, dtype=np.float64)) for k, (s, v) in run.items()}
+        return {label: {k: (np.asarray(s, dtype=np.int64), np.asarray(v, dtype=np.float64))
+                        for k, (s, v) in run.items()}
                 for label, run in self._data.items()}
 
     def figure(self):
