@@ -15,16 +15,17 @@ PDF + PNG into --out (paths printed, one per line):
   data has an analytic flow);
 * across the training runs, per data set: ``samples_vs_steps`` (rows = methods, columns =
   trajectories and N = 1, 2, 4, 8, 16 steps), ``quality_vs_steps`` (one panel per metric, one line
-  per method), and with two runs or more ``by_gap`` (map error of the last evaluation, gradient
-  norms pooled over evaluations); with
-  several data sets these names end in ``_<data name>``.
+  per method) and, with two runs or more, ``by_gap`` (the map error of the last evaluation, the
+  gradient norms pooled over evaluations); with several data sets these names end in
+  ``_<data name>``.
 
 Quality against steps comes from the run's ``evaluation.json`` (workbench.experiments.evaluate,
 with the data-vs-data floors dotted), else it is computed from the checkpoint with one protocol
-(the same seed and min(n_samples, 1000) data samples for every run; W2, sliced W2, MMD^2, energy;
-marked "(computed)"), else the logged periodic ``quality/<metric>/<N>`` (marked "(logged)").
-Samples use the online weights unless --ema names an EMA rate. A directory that is not a run
-directory is an error (exit code 2). What could not be drawn is said on stderr.
+(the same seed and min(n_samples, 1000) data samples for every run; W2, sliced W2, MMD^2, energy),
+else the logged periodic ``quality/<metric>/<N>``; the title names the source, or each label does
+when the runs of one figure differ. Samples use the online weights unless --ema names an EMA rate
+(checked against every run first). A directory that is not a run directory is an error (exit code
+2). What could not be drawn is said on stderr.
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ class Options:
     seed: int = 0
     n_times: int = 40000
     notes: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("n_samples", "n_times"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not self.steps or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.steps):
+            raise ValueError(f"steps must be a non-empty tuple of positive ints, got {self.steps!r}")
+        if self.ema is not None and not (isinstance(self.ema, (int, float)) and 0 < self.ema < 1):
+            raise ValueError(f"ema must be None or a rate in (0, 1), got {self.ema!r}")
 
 
 def load_gallery(run_dir: Path) -> list[GalleryPanel]:

@@ -494,6 +494,9 @@ def test_make_figures_api_options_and_errors(tmp_path, capsys):
     (tmp_path / "odd" / "config.json").write_text('{"kind": "mystery"}')
     with pytest.raises(ValueError, match="kind 'mystery'"):
         make_figures([tmp_path / "odd"], tmp_path / "o", options=Options())
+    for bad, match in (({"n_samples": 0}, "n_samples"), ({"steps": (1, 0)}, "steps"), ({"ema": 1.5}, "ema")):
+        with pytest.raises(ValueError, match=match):
+            Options(**bad)
     rd = tmp_path / "fm-run"
     _hand_run(rd)
     with pytest.raises(ValueError, match="ema_rates"):
