@@ -212,6 +212,38 @@ def test_map_error_grid_exact_and_identity(tmp_path):
             assert out["periodic/map_rmse"] > 0.5
 
 
+class NaNBeyond(torch.nn.Module):
+    """The exact map of a flow, except NaN for maps that end past t = 0.5 (a model diverged in part)."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.exact, self.dim = ExactFlowMap(flow), flow.dim
+
+    def flow_map(self, s, t, x):
+        out = self.exact.flow_map(s, t, x)
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        return torch.where((t > 0.5)[:, None], torch.full_like(out, math.nan), out)
+
+    def velocity(self, t, x):
+        return self.exact.velocity(t, x)
+
+
+def test_periodic_reports_nonfinite_outputs_instead_of_stopping(tmp_path):
+    """NaN map outputs: the map RMS is NaN with the count of points behind it, the quality part says
+    ``quality/nonfinite`` instead of raising out of the training loop."""
+    flow = make_flow("gaussian_2d")
+    ctx = make_ctx(tmp_path, NaNBeyond(flow), flow)
+    cb = PeriodicDiagnosticsCallback(every=1, reference=flow, gradients=False, grid=4, n_cell=8, steps=(1, 2),
+                                     n_samples=32)
+    cb.on_train_start(ctx)
+    out = cb.on_step_end(ctx, None)
+    s, t, *_ = cb._eval
+    assert math.isnan(out["periodic/map_rmse"]) and out["periodic/map_nonfinite"] == int((t > 0.5).sum()) > 0
+    assert out["quality/nonfinite"] == 1 and not any(k.startswith("quality/energy") for k in out)
+    with np.load(tmp_path / "diagnostics" / "map_error.npz") as z:
+        assert np.isfinite(z["rmse"][-1][0, 0]) and np.isnan(z["rmse"][-1][0, 3])  # cells with t <= 0.25 vs t > 0.75
+
+
 # -- a tiny training run ------------------------------------------------------------------------------
 def test_tiny_training_run_writes_every_file(tmp_path):
     cfg = TrainConfig(model=ModelConfig(hidden=16, depth=2, zero_init=True),

@@ -231,6 +231,19 @@ def test_quality_vs_steps_exact_and_euler(flow):
     assert rows[1]["steps"] == 4 and set(rows[1]) == {"steps", "w2", "sliced_w2", "mmd2", "energy", "drift"}
 
 
+def test_quality_vs_steps_refuses_nonfinite_samples(flow):
+    from workbench.diagnostics import NonFiniteOutput
+
+    class Diverged(torch.nn.Module):
+        dim = 2
+
+        def flow_map(self, s, t, x):
+            return x * math.inf
+
+    with pytest.raises(NonFiniteOutput, match="1-step samples hold 8 non-finite"):
+        quality_vs_steps(Diverged(), flow.sample_data(4, torch.Generator().manual_seed(1)), steps=(1,), n=4)
+
+
 def test_sample_with_steps_matches_manual_loop(flow):
     m = euler_step(flow)
     x0 = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(10))

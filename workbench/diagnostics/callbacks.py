@@ -24,6 +24,7 @@ import json
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +33,7 @@ import torch
 
 from ..training.callbacks import Callback, StepRecord, TrainContext
 from ..training.optim import scheduled_value
-from .detectors_base import F64, Probe, evaluating
+from .detectors_base import F64, NonFiniteOutput, Probe, evaluating
 
 DIAG_DIR = "diagnostics"
 
@@ -176,6 +177,17 @@ class TrainingSignalsCallback(Callback):
 
 
 # -- expensive, periodic ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _GridError:
+    """Map error on the (s, t) grid: per-cell RMS (grid, grid), NaN below the diagonal; the reference's
+    per-cell RMS spread; the overall RMS; the number of evaluation points with a non-finite error."""
+
+    rmse: np.ndarray
+    spread: np.ndarray
+    total: float
+    nonfinite: int
+
+
 class PeriodicDiagnosticsCallback(Callback):
     """Gradient anatomy, flow-map error on an (s, t) grid and quality vs steps, every ``every`` steps.
 
@@ -191,10 +203,12 @@ class PeriodicDiagnosticsCallback(Callback):
     ``grid`` x ``grid`` partition of s <= t, ``n_cell`` points per cell with (s, t) uniform in the cell
     and x ~ p_s, the oracle evaluated once at the start; the RMS error per cell goes to
     ``diagnostics/map_error.npz`` (``steps``, ``rmse`` (k, grid, grid), NaN below the diagonal,
-    ``spread`` the reference RMS spread per cell, ``edges``), its overall RMS to ``periodic/map_rmse``.
+    ``spread`` the reference RMS spread per cell, ``edges``), its overall RMS to ``periodic/map_rmse``
+    (NaN, with ``periodic/map_nonfinite`` the number of points, when the model returns NaN / inf).
 
     Quality vs steps: ``workbench.diagnostics.metrics.quality_vs_steps`` against ``n_samples`` fresh
-    data samples for ``steps`` (``quality/<metric>/<N>`` and ``quality/drift/<N>``).
+    data samples for ``steps`` (``quality/<metric>/<N>`` and ``quality/drift/<N>``; ``quality/nonfinite``
+    = 1 instead when the model's samples hold NaN / inf).
     ``include_ema`` repeats the map error and quality for every EMA model; ``gradients=False`` skips
     the gradient part (e.g. for a model without parameters), ``steps=()`` the quality part.
     """
@@ -244,7 +258,7 @@ class PeriodicDiagnosticsCallback(Callback):
         return s, t, x, ref, ii, jj, cell
 
     @torch.no_grad()
-    def _map_errors(self, model: torch.nn.Module, ctx: TrainContext) -> tuple[np.ndarray, np.ndarray, float]:
+    def _map_errors(self, model: torch.nn.Module, ctx: TrainContext) -> "_GridError":
         s, t, x, ref, ii, jj, cell = self._eval
         dtype = ctx.dtype
         with evaluating(model):
@@ -257,7 +271,8 @@ class PeriodicDiagnosticsCallback(Callback):
         grid_spread = grid.clone()
         grid[ii, jj] = per.sqrt()
         grid_spread[ii, jj] = spread.sqrt()
-        return grid.numpy(), grid_spread.numpy(), float(err2.mean().sqrt())
+        return _GridError(rmse=grid.numpy(), spread=grid_spread.numpy(), total=float(err2.mean().sqrt()),
+                          nonfinite=int((~torch.isfinite(err2)).sum()))
 
     # -- gradients ----------------------------------------------------------------------------------
     def _objective(self, ctx: TrainContext) -> Any:
@@ -311,23 +326,30 @@ class PeriodicDiagnosticsCallback(Callback):
         models = _models(ctx, self.include_ema)
         if self._eval is not None:
             for tag, model in models:
-                grid, spread, rmse = self._map_errors(model, ctx)
+                e = self._map_errors(model, ctx)
                 h = self._map_hist.setdefault(tag, {})
                 h.setdefault("steps", []).append(ctx.step)
-                h.setdefault("rmse", []).append(grid)
+                h.setdefault("rmse", []).append(e.rmse)
                 name = "map_error.npz" if tag == "model" else f"map_error_{tag}.npz"
                 _save_npz(ctx.run_dir / DIAG_DIR / name, {
-                    "steps": np.asarray(h["steps"]), "rmse": np.stack(h["rmse"]), "spread": spread,
+                    "steps": np.asarray(h["steps"]), "rmse": np.stack(h["rmse"]), "spread": e.spread,
                     "edges": np.linspace(0.0, 1.0, self.grid + 1)})
-                out["periodic/map_rmse" if tag == "model" else f"periodic/{tag}/map_rmse"] = rmse
+                key = "periodic/map_rmse" if tag == "model" else f"periodic/{tag}/map_rmse"
+                out[key] = e.total
+                if e.nonfinite:  # the NaN in map_rmse comes with the number of points behind it
+                    out[key.replace("map_rmse", "map_nonfinite")] = e.nonfinite
         if self.steps:
             from .metrics import quality_vs_steps
 
             ref = ctx.sample_batch(self.n_samples)
             for tag, model in models:
-                with evaluating(model):
-                    q = quality_vs_steps(model, ref, self.steps, generator=ctx.generator, metrics=self.metrics)
                 prefix = "quality" if tag == "model" else f"quality/{tag}"
+                try:
+                    with evaluating(model):
+                        q = quality_vs_steps(model, ref, self.steps, generator=ctx.generator, metrics=self.metrics)
+                except NonFiniteOutput:  # no metric of non-finite samples; say so instead of stopping training
+                    out[f"{prefix}/nonfinite"] = 1
+                    continue
                 for name, vals in q.metrics.items():
                     out.update({f"{prefix}/{name}/{k}": v for k, v in zip(q.steps, vals)})
                 out.update({f"{prefix}/drift/{k}": v for k, v in zip(q.steps, q.drift)})

@@ -302,6 +302,16 @@ class StepsQuality:
                 for i, n in enumerate(self.steps)]
 
 
+def _finite_samples(x: torch.Tensor, n_steps: int) -> torch.Tensor:
+    if not bool(torch.isfinite(x).all()):
+        from .detectors_base import NonFiniteOutput
+
+        bad = int((~torch.isfinite(x)).sum())
+        raise NonFiniteOutput(f"the model's {n_steps}-step samples hold {bad} non-finite value(s); "
+                              "run workbench.diagnostics.detect_non_finite / diagnose for a divergence report")
+    return x
+
+
 def quality_vs_steps(model: object, reference_samples: torch.Tensor, steps: Sequence[int] = (1, 2, 4, 8, 16), *,
                      n: int | None = None, generator: torch.Generator | None = None,
                      metrics: Sequence[str] | Mapping[str, Callable] = ("w2", "sliced_w2", "mmd2", "energy"),
@@ -311,6 +321,8 @@ def quality_vs_steps(model: object, reference_samples: torch.Tensor, steps: Sequ
     x0 ~ N(0, I) of shape (n, dim) (n defaults to the number of reference samples) in the dtype and
     on the device of ``reference_samples``, drawn once from ``generator`` and shared by every N.
     ``metrics``: names from :data:`SAMPLE_METRICS` or a mapping name -> metric(reference, generated).
+    Raises :class:`~workbench.diagnostics.detectors_base.NonFiniteOutput` (a ValueError) when the
+    model's samples hold NaN / inf.
     """
     ref = _samples(reference_samples, "reference_samples")
     steps = tuple(check_positive_int(int(k), "steps") for k in steps)
@@ -324,11 +336,11 @@ def quality_vs_steps(model: object, reference_samples: torch.Tensor, steps: Sequ
             chosen[name] = SAMPLE_METRICS[name]
     n = ref.shape[0] if n is None else check_positive_int(n, "n")
     x0 = torch.randn((n, *reference_samples.shape[1:]), dtype=ref.dtype, device=ref.device, generator=generator)
-    one = sample_with_steps(model, x0, 1)
+    one = _finite_samples(sample_with_steps(model, x0, 1), 1)
     values: dict[str, list[float]] = {k: [] for k in chosen}
     drift = []
     for k in steps:
-        xs = one if k == 1 else sample_with_steps(model, x0, k)
+        xs = one if k == 1 else _finite_samples(sample_with_steps(model, x0, k), k)
         for name, fn in chosen.items():
             values[name].append(float(fn(ref, xs)))
         drift.append(float((xs - one).reshape(n, -1).pow(2).sum(dim=1).mean().sqrt()))
