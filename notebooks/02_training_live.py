@@ -28,6 +28,7 @@
 # The live plot is `workbench.diagnostics.live.LivePlot`: a trainer callback that redraws, every
 # few steps, what the run has logged to `metrics.jsonl` (one colour per objective). Outside a
 # notebook it does nothing. Set `SMOKE=1` to run the notebook in seconds (the test suite does).
+# Run directories go under `$WORKBENCH_OUT` (default: a folder in the system's temporary directory).
 
 # %%
 import os
@@ -57,7 +58,7 @@ from workbench.training import (
 
 SMOKE = os.environ.get("SMOKE") == "1"
 torch.set_num_threads(1)
-OUT = Path(os.environ.get("WORKBENCH_OUT", "runs"))
+OUT = Path(os.environ.get("WORKBENCH_OUT", Path(tempfile.gettempdir()) / "workbench-notebooks"))  # run dirs
 OUT.mkdir(parents=True, exist_ok=True)
 RUNS = Path(tempfile.mkdtemp(prefix="nb02-", dir=OUT))  # a fresh directory per execution
 print("runs in", RUNS)

@@ -50,7 +50,7 @@ from workbench.training import DataConfig, ModelConfig, ObjectiveConfig, OptimCo
 SMOKE = os.environ.get("SMOKE") == "1"
 torch.set_num_threads(1)
 F64 = torch.float64
-OUT = Path(os.environ.get("WORKBENCH_OUT", "runs"))
+OUT = Path(os.environ.get("WORKBENCH_OUT", Path(tempfile.gettempdir()) / "workbench-notebooks"))  # run dirs
 OUT.mkdir(parents=True, exist_ok=True)
 RUNS = Path(tempfile.mkdtemp(prefix="nb04-", dir=OUT))
 
