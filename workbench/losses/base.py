@@ -24,6 +24,7 @@ class TimeBatch:
 
     @property
     def gap(self) -> torch.Tensor:
+        """t - s, shape (batch,)."""
         return self.t - self.s
 
 
@@ -48,6 +49,9 @@ class ObjectiveResult:
 
 @runtime_checkable
 class Objective(Protocol):
+    """``objective(model, x1, generator=None) -> ObjectiveResult``: draws x0 ~ N(0, I) and the times
+    with ``generator`` and returns the per-sample loss of data x1 (batch, *event)."""
+
     name: str
 
     def __call__(

@@ -56,6 +56,7 @@ def norm(a: torch.Tensor) -> torch.Tensor:
 
 
 def check_model(model: object) -> object:
+    """model must have average_velocity(s, t, x), flow_map(s, t, x) and velocity(t, x) (TypeError otherwise)."""
     for attr in ("average_velocity", "flow_map", "velocity"):
         if not callable(getattr(model, attr, None)):
             raise TypeError(
@@ -83,7 +84,8 @@ def draw_noise(x1: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 
 def interpolate(interpolant, t: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
-    """(I_t, dI_t/dt) for (batch,) times t."""
+    """(I_t, dI_t/dt) = (alpha_t x0 + beta_t x1, alpha'_t x0 + beta'_t x1) for (batch,) times t; x0, x1
+    (batch, *event)."""
     te = t.reshape(t.shape[0], *([1] * (x1.ndim - 1)))
     return (interpolant.alpha(te) * x0 + interpolant.beta(te) * x1,
             interpolant.dalpha(te) * x0 + interpolant.dbeta(te) * x1)
@@ -96,6 +98,7 @@ def diagonal_fm(model, interpolant, t: torch.Tensor, x0: torch.Tensor, x1: torch
 
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """value must be one of choices (ValueError naming ``name`` otherwise)."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value

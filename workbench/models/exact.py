@@ -29,6 +29,7 @@ class ExactFlowMap(nn.Module):
         self.learned_weight = False
 
     def average_velocity(self, s, t, x: torch.Tensor) -> torch.Tensor:
+        """v_{s,t}(x) = (X_{s,t}(x) - x) / (t - s) for t != s, b_t(x) for t = s; x (batch, dim), shape of x."""
         x = check_state(x, self.dim)
         sb, tb = broadcast_time(s, x, "s"), broadcast_time(t, x, "t")
         gap = tb - sb
@@ -40,10 +41,13 @@ class ExactFlowMap(nn.Module):
         return torch.where(expand_as_state(on_diag, x), self.flow.velocity(sb, x), secant)
 
     def flow_map(self, s, t, x: torch.Tensor) -> torch.Tensor:
+        """The flow's own X_{s,t}(x)."""
         return self.flow.flow_map(s, t, x)
 
     def velocity(self, t, x: torch.Tensor) -> torch.Tensor:
+        """The flow's own b_t(x) (= v_{t,t}(x))."""
         return self.flow.velocity(t, x)
 
     def loss_weight(self, s, t, x: torch.Tensor) -> torch.Tensor:
+        """No learned weight: w(s, t) = 0, shape (batch,)."""
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
