@@ -390,6 +390,10 @@ def test_bad_input_raises():
                           diagonal=torch.zeros(8, dtype=torch.bool))
     with pytest.raises(ValueError, match="s <= t"):
         lsd(model, x1, times=bad_times)
+    with pytest.raises(ValueError, match="only diagonal times"):
+        FlowMatching()(model, x1, times=bad_times)
+    with pytest.raises(TypeError, match="times must be a TimeBatch"):
+        FlowMatching()(model, x1, times=(bad_times.s, bad_times.t))
     for name in DISTILLATION:
         with pytest.raises(ValueError, match="needs a teacher"):
             OBJECTIVES[name](model, x1)

@@ -235,7 +235,9 @@ class FlowMatching:
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,) for data x1 (batch, *event); ``x0`` / ``times`` fix the noise and
         the times (all diagonal) instead of drawing them."""
-        if times is not None and not bool(times.diagonal.all()):
+        if times is not None and not isinstance(times, TimeBatch):
+            raise TypeError(f"times must be a TimeBatch or None, got {type(times).__name__}")
+        if times is not None and not bool(torch.as_tensor(times.diagonal).all()):
             raise ValueError("FlowMatching takes only diagonal times (times.diagonal all True)")
         cfg = SplitConfig(interpolant=self.interpolant, diag_fraction=1.0, sampler=_DiagonalOnly(self.sampler),
                           weighting=self.weighting)
