@@ -216,6 +216,8 @@ def test_weighting_bad_input():
         apply_weighting(raw, "learned")
     with pytest.raises(ValueError, match="needs x"):
         apply_weighting(raw, "pseudo_huber")
+    with pytest.raises(TypeError, match="times must be a TimeBatch or a pair"):
+        apply_weighting(raw, "learned", make_mlp_flow_map(2, hidden=4, depth=1), torch.zeros(3))
 
 
 # -- PerturbedFlowMap ------------------------------------------------------------------------------

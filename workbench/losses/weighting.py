@@ -92,7 +92,12 @@ def apply_weighting(
     if w.kind == "learned":
         if model is None or times is None:
             raise ValueError("weighting 'learned' needs model and times (the learned log-variance w(s, t))")
-        s, t = (times.s, times.t) if isinstance(times, TimeBatch) else times
+        if isinstance(times, TimeBatch):
+            s, t = times.s, times.t
+        elif isinstance(times, (tuple, list)) and len(times) == 2:
+            s, t = times
+        else:
+            raise TypeError(f"times must be a TimeBatch or a pair (s, t) of (batch,) tensors, got {type(times).__name__}")
         like = x if x is not None else raw[:, None]
         lw = getattr(model, "loss_weight", None)
         logvar = torch.zeros_like(raw) if lw is None else lw(s, t, like).to(raw.dtype)
