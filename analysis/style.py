@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # the backend is matplotlib's choice: Agg headless, inline in JupyterLab
 
 STYLE = Path(__file__).with_name("style.mplstyle")
 #: fixed figure widths (inches): one column and full page
