@@ -39,6 +39,7 @@ def test_rows_are_finite_and_paired():
     assert row.objective == "isd" and row.error is None and row.same_run
     for v in (row.base_ms, row.diag_ms, row.overhead, row.overhead_median_step):
         assert math.isfinite(v)
+    assert 0 < row.callback_ms < row.diag_ms  # the callback's own time is part of a step
     # one repetition: the overhead is that repetition's ratio of the two arms' mean step times
     assert row.overhead == pytest.approx(row.diag_ms / row.base_ms - 1.0, rel=1e-12)
     assert row.overhead_q25 == row.overhead == row.overhead_q75
