@@ -124,6 +124,27 @@ def test_signals_summarise_a_window():
     assert out["signals/loss_max"] == pytest.approx(pooled.max())
 
 
+def test_signals_do_not_keep_the_data_batch():
+    """Between summaries the callback keeps per-sample losses and aux, not the StepRecord's x1
+    (an image batch per step would pile up for log_every steps)."""
+    import gc
+    import weakref
+
+    cb = TrainingSignalsCallback(log_every=10)
+    cb.on_train_start(None)
+    x1 = torch.zeros(4, 3)
+    alive = weakref.ref(x1)
+    loss = torch.ones(4, dtype=F64)
+    result = ObjectiveResult(loss=loss, terms={"a": loss}, aux={},
+                             times=TimeBatch(s=torch.zeros(4), t=torch.ones(4), diagonal=torch.zeros(4, dtype=torch.bool)))
+    rec = StepRecord(step=1, loss=1.0, terms={"a": 1.0}, grad_norm=1.0, clipped=False, n_nonfinite_grad=0,
+                     skipped=False, lr=1e-3, seconds=0.01, result=result, x1=x1)
+    assert cb.on_step_end(None, rec) is None
+    del rec, x1
+    gc.collect()
+    assert alive() is None
+
+
 # -- periodic: gradients ----------------------------------------------------------------------------
 def test_periodic_gradients_match_vmap_per_sample(tmp_path):
     flow = make_flow("gaussian_2d")

@@ -85,6 +85,24 @@ def _models(ctx: TrainContext, include_ema: bool) -> list[tuple[str, torch.nn.Mo
 
 
 # -- cheap, every step -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Observed:
+    """What the signals keep of one step until the next summary: scalars and the detached, flattened
+    per-sample tensors ``loss`` and ``aux/<name>`` (not the data batch)."""
+
+    grad_norm: float
+    terms: dict[str, float]
+    n_nonfinite_grad: int
+    per_sample: dict[str, torch.Tensor]
+
+    @staticmethod
+    def of(record: StepRecord) -> "_Observed":
+        per = {"loss": record.result.loss.detach().reshape(-1)}
+        per.update({f"aux/{k}": v.detach().reshape(-1) for k, v in record.result.aux.items()
+                    if v.is_floating_point() and v.numel()})
+        return _Observed(record.grad_norm, dict(record.terms), int(record.n_nonfinite_grad), per)
+
+
 class TrainingSignalsCallback(Callback):
     """Signals of every step, read off the StepRecord only (no extra forward or backward pass).
 
@@ -113,7 +131,7 @@ class TrainingSignalsCallback(Callback):
 
     def _reset(self) -> None:
         self.n_steps = self.n_clipped = self.n_skipped = self.n_bad_grad = 0
-        self._window: list[StepRecord] = []
+        self._window: list[_Observed] = []
 
     def on_train_start(self, ctx: TrainContext) -> None:
         self._reset()
@@ -123,7 +141,7 @@ class TrainingSignalsCallback(Callback):
         self.n_clipped += int(record.clipped)
         self.n_skipped += int(record.skipped)
         self.n_bad_grad += int(record.n_nonfinite_grad)
-        self._window.append(record)
+        self._window.append(_Observed.of(record))  # not the record: it holds the data batch x1
         config = getattr(ctx, "config", None)
         log_every = self.log_every or getattr(config, "log_every", 1)
         event = record.skipped or record.n_nonfinite_grad > 0 or not math.isfinite(record.loss)
@@ -133,7 +151,7 @@ class TrainingSignalsCallback(Callback):
         window, self._window = self._window, []
         return self._summary(window)
 
-    def _summary(self, window: list[StepRecord]) -> dict[str, float]:
+    def _summary(self, window: list["_Observed"]) -> dict[str, float]:
         out: dict[str, float] = {}
         grads = [r.grad_norm for r in window if math.isfinite(r.grad_norm)]
         if grads:
@@ -144,11 +162,10 @@ class TrainingSignalsCallback(Callback):
                 terms.setdefault(k, []).append(v)
         out.update({f"signals/terms/{k}": sum(v) / len(v) for k, v in terms.items()})
         # one host transfer for all per-sample tensors of the window
-        parts: dict[str, list[torch.Tensor]] = {"loss": [r.result.loss.detach().reshape(-1) for r in window]}
+        parts: dict[str, list[torch.Tensor]] = {}
         for r in window:
-            for k, v in r.result.aux.items():
-                if v.is_floating_point() and v.numel():
-                    parts.setdefault(f"aux/{k}", []).append(v.detach().reshape(-1))
+            for k, v in r.per_sample.items():
+                parts.setdefault(k, []).append(v)
         keys = [k for k, v in parts.items() if v]
         chunks = [torch.cat(parts[k]).to(F64) for k in keys]
         host = torch.cat(chunks).cpu().numpy() if chunks else np.zeros(0)
