@@ -33,7 +33,7 @@ import torch
 
 from ..training.callbacks import Callback, StepRecord, TrainContext
 from ..training.optim import scheduled_value
-from .detectors_base import F64, NonFiniteOutput, Probe, evaluating
+from .detectors_base import F64, SINGULAR_T_MAX, NonFiniteOutput, Probe, evaluating
 
 DIAG_DIR = "diagnostics"
 
@@ -262,7 +262,7 @@ class PeriodicDiagnosticsCallback(Callback):
     # -- (s, t) grid against the oracle ------------------------------------------------------------
     def _grid_eval_set(self, flow: object) -> tuple[torch.Tensor, ...]:
         G, m = self.grid, self.n_cell
-        t_max = 1.0 - 1e-3 if getattr(flow, "singular_at_data", False) else 1.0
+        t_max = SINGULAR_T_MAX if getattr(flow, "singular_at_data", False) else 1.0
         g = torch.Generator().manual_seed(self.seed)
         ii, jj = torch.triu_indices(G, G)  # cells i <= j (s-cell i, t-cell j)
         cell = torch.arange(ii.numel()).repeat_interleave(m)
