@@ -1,37 +1,400 @@
-"""The main job (the README's first command): ``python -m workbench.experiments main``.
+"""The main job (the README's first command): ``python -m workbench.experiments main [--budget cpu]``.
 
-Stage 1 (analytic flows): writes the gallery run directory and regenerates its figure.
+1. the analytic-flow gallery run (``runs/gallery``);
+2. one training run per (data set, method) of the budget's plan, under
+   ``runs/main/<dataset>-<method>`` (``runs/main-<budget>/...`` for budgets other than "cpu"):
+   the checkerboard of B25 and the 8-Gaussian mixture ``gmm_8`` (whose exact flow is the oracle),
+   with LSD, ESD, PSD (midpoint, uniform), MeanFlow, consistency training and iSD, all under the
+   same budget, in parallel worker processes with one torch thread each, the diagnostics
+   callbacks attached; then each run is evaluated (``evaluation.json``, see
+   :mod:`workbench.experiments.evaluate`);
+3. every figure, rebuilt from the run directories (``analysis.make_figures``) into ``figures/``;
+4. the report ``runs/main/report.md`` (copied to ``figures/report.md``), whose numbers are read
+   from the evaluation files just written (:mod:`workbench.experiments.report`).
+
+Progress: a bar over runs and a status line per run (start, every quarter, evaluation, done).
+Ctrl-C stops the workers after their current step with a checkpoint; finished runs are never
+touched again: running the job again skips runs whose evaluation.json matches the plan and resumes
+the others from their checkpoints; ``--fresh`` deletes this plan's run directories first.
+Budgets: "smoke" (seconds, the test), "cpu" (default; <= 15 min on 2 cores, per-run time cap as a
+safety net on a loaded machine), "gpu" (device auto: CUDA when available, larger model and runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import queue as queue_mod
+import shutil
+import signal
+import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from ..training.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, TrainConfig
+from .evaluate import EVALUATION_FILE, EvalSpec, read_evaluation
 from .gallery import write_gallery_run
+
+METHODS = ("lsd", "esd", "psd_midpoint", "psd_uniform", "meanflow", "ct", "isd")
+DATASETS = ("checkerboard", "gmm")
+#: relative cost of a training step (workbench.experiments bench, MLP 256x3, batch 512): longest first
+COST = {"isd": 2.5, "esd": 1.9, "lsd": 1.5, "meanflow": 1.2, "ct": 1.1, "psd_midpoint": 1.0, "psd_uniform": 1.0}
+
+
+@dataclass(frozen=True)
+class MainPlan:
+    """Everything the main job does, under one budget shared by every method.
+
+    Training (each run): ``steps`` RAdam updates of batch ``batch_size``, MLP ``hidden`` x ``depth``
+    on raw (s, t - s), lr ``lr`` constant for ``steps // 2`` updates then 1/sqrt decay, gradient
+    clip 10, one EMA of rate ``ema_rate`` (the evaluated weights when ``eval_ema``); a session
+    stops at ``max_run_seconds`` (0: never) and is evaluated as it stands. Diagnostics:
+    ``periodic`` expensive evaluations per run (gradient anatomy, (s, t) map error, quality),
+    ``n_diagnose`` points per detector set. Evaluation: ``n_eval`` samples (W2, MMD, ...),
+    ``n_kl`` for the histogram KL, ``n_map`` for the oracle errors, N in ``eval_steps``.
+    Figures: ``figure_samples`` per panel, ``figure_times`` realised (s, t) pairs.
+    ``workers`` processes with ``threads`` torch threads each on ``device``.
+    """
+
+    name: str
+    steps: int
+    batch_size: int
+    hidden: int
+    depth: int
+    n_eval: int
+    n_kl: int
+    n_map: int
+    workers: int
+    methods: tuple[str, ...] = METHODS
+    datasets: tuple[str, ...] = DATASETS
+    lr: float = 3e-3
+    ema_rate: float = 0.995
+    eval_ema: bool = True
+    eval_steps: tuple[int, ...] = (1, 2, 4, 8, 16)
+    threads: int = 1
+    device: str = "cpu"
+    max_run_seconds: float = 0.0
+    periodic: int = 4
+    n_diagnose: int = 256
+    figure_samples: int = 2000
+    figure_times: int = 20000
+    log_every: int = 25
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "hidden", "depth", "n_eval", "n_kl", "n_map", "workers", "threads",
+                     "n_diagnose", "figure_samples", "figure_times", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"plan.{name} must be a positive int, got {v!r}")
+        unknown = set(self.datasets) - set(DATASETS)
+        if unknown or not self.datasets:
+            raise ValueError(f"plan.datasets must be a non-empty subset of {DATASETS}, got {self.datasets}")
+        if not self.methods:
+            raise ValueError("plan.methods must name at least one objective")
+
+    def run_names(self) -> list[str]:
+        return [f"{d}-{m}" for d in self.datasets for m in self.methods]
+
+
+BUDGETS: dict[str, MainPlan] = {
+    # seconds: every stage end to end on toy sizes (tests/test_main_job.py)
+    "smoke": MainPlan(name="smoke", steps=12, batch_size=64, hidden=16, depth=2, n_eval=128, n_kl=1000, n_map=64,
+                      workers=2, methods=("lsd",), periodic=1, n_diagnose=64,
+                      figure_samples=200, figure_times=500, log_every=4, eval_steps=(1, 2, 4)),
+    # the default: <= 15 min wall on 2 CPU cores including evaluation and figures
+    "cpu": MainPlan(name="cpu", steps=4000, batch_size=256, hidden=256, depth=3, n_eval=1000, n_kl=10000,
+                    n_map=1000, workers=2, max_run_seconds=60.0),
+    # CUDA when available: B25's checkerboard MLP (4 x 512) and longer runs
+    "gpu": MainPlan(name="gpu", steps=20000, batch_size=4096, hidden=512, depth=4, n_eval=5000, n_kl=100000,
+                    n_map=4000, workers=2, device="auto", ema_rate=0.999, lr=1e-3, threads=4, n_diagnose=512,
+                    periodic=8, log_every=100, figure_samples=5000),
+}
+
+
+def dataset_config(name: str) -> tuple[DataConfig, float, tuple | None]:
+    """(data config, data std for the model's input scaling, KL box or None) of a data set.
+
+    checkerboard: B25's [-4, 4]^2 variant (per-coordinate std 4 / sqrt(3)); gmm: the registry's
+    ``gmm_8`` (8 Gaussians of sd 0.15 on the circle of radius 2) as a data source whose
+    ``as_flow()`` is the exact ``GaussianMixtureFlow`` (the oracle).
+    """
+    if name == "checkerboard":
+        return DataConfig("checkerboard", {"variant": "realnvp"}), 4.0 / math.sqrt(3.0), ((-4.0, 4.0), (-4.0, 4.0))
+    if name == "gmm":
+        from ..flows.registry import make_flow
+
+        f = make_flow("gmm_8")
+        var = float((f.weights[:, None] * (f.means**2 + f.covs.diagonal(dim1=1, dim2=2))).sum(0).mean()
+                    - ((f.weights[:, None] * f.means).sum(0) ** 2).mean())
+        kw = {"weights": f.weights.tolist(), "means": f.means.tolist(), "covs": f.covs.tolist()}
+        return DataConfig("gmm", kw), math.sqrt(var), None
+    raise ValueError(f"data set must be one of {DATASETS}, got {name!r}")
+
+
+def train_config(plan: MainPlan, dataset: str, method: str) -> TrainConfig:
+    """The TrainConfig of one run of the plan (same budget for every method)."""
+    data, std, _ = dataset_config(dataset)
+    return TrainConfig(
+        model=ModelConfig(hidden=plan.hidden, depth=plan.depth, time_embedding="raw", data_std=round(std, 6)),
+        objective=ObjectiveConfig(method), data=data,
+        optim=OptimConfig(name="radam", lr=plan.lr, schedule="sqrt", decay_start=max(1, plan.steps // 2), grad_clip=10.0),
+        batch_size=plan.batch_size, steps=plan.steps, seed=plan.seed, device=plan.device, ema_rates=(plan.ema_rate,),
+        log_every=plan.log_every, checkpoint_every=max(1, plan.steps // 5), keep_checkpoints=1, progress=False,
+        tensorboard=False,
+    )
+
+
+def eval_spec(plan: MainPlan, dataset: str) -> EvalSpec:
+    return EvalSpec(steps=plan.eval_steps, n=plan.n_eval, n_kl=plan.n_kl, kl_box=dataset_config(dataset)[2],
+                    n_map=plan.n_map, ema=plan.ema_rate if plan.eval_ema else None, n_diagnose=plan.n_diagnose,
+                    seed=plan.seed)
+
+
+def make_job(plan: MainPlan, root: Path, dataset: str, method: str) -> dict:
+    cfg = train_config(plan, dataset, method)
+    return {"run_dir": str(root / f"{dataset}-{method}"), "config": cfg.to_dict(),
+            "eval": eval_spec(plan, dataset).to_dict(), "max_seconds": plan.max_run_seconds,
+            "progress_every": max(1, plan.steps // 4),
+            "diagnostics": {"periodic": plan.periodic, "n_grad": 32, "grid": 6, "n_cell": 16, "n_samples": 256,
+                            "n_diagnose": plan.n_diagnose, "ema": True},
+            "cost": COST.get(method, 1.0) * (1.2 if dataset == "gmm" else 1.0)}
+
+
+def run_state(job: dict) -> str:
+    """"done" (evaluated with this plan), "resume" (started with this plan), "new", or raises
+    ValueError when the directory holds a run of another plan."""
+    rd = Path(job["run_dir"])
+    if not (rd / "config.json").is_file():
+        return "new"
+    if json.loads((rd / "config.json").read_text()) != job["config"]:
+        raise ValueError(f"{rd} holds a run with another configuration; pass --fresh to redo it "
+                         "(or --runs DIR for a separate set of run directories)")
+    ev = read_evaluation(rd)
+    return "done" if ev is not None and ev.get("spec") == job["eval"] else "resume"
+
+
+def _line(msg: dict, index: dict[str, int], n: int) -> str | None:
+    tag = f"[{index.get(msg['run'], 0):>2}/{n}] {msg['run']}"
+    kind = msg["kind"]
+    if kind == "start":
+        return f"{tag}: training from step {msg['step']} of {msg['total']}"
+    if kind == "step":
+        return f"{tag}: step {msg['step']}/{msg['total']}  loss {msg['loss']:.4g}  ({msg['seconds']:.0f} s)"
+    if kind == "evaluating":
+        return f"{tag}: trained {msg['step']} steps in {msg['seconds']:.0f} s; evaluating"
+    if kind == "done":
+        return f"{tag}: done ({msg['status']}; train {msg['seconds']:.0f} s, eval {msg['eval_seconds']:.0f} s)"
+    if kind == "interrupted":
+        return f"{tag}: interrupted at step {msg['step']} (checkpoint written; run again to resume)"
+    return None
+
+
+def run_plan(plan: MainPlan, root: Path, *, progress: bool = True, log=None) -> tuple[list[dict], bool]:
+    """Train and evaluate every run of the plan not done yet, ``plan.workers`` at a time.
+    Returns (results of the runs executed now, interrupted?)."""
+    log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    jobs = [make_job(plan, root, d, m) for d in plan.datasets for m in plan.methods]
+    index = {Path(j["run_dir"]).name: i + 1 for i, j in enumerate(jobs)}
+    todo = []
+    for job in jobs:
+        state = run_state(job)
+        if state == "done":
+            log(f"[{index[Path(job['run_dir']).name]:>2}/{len(jobs)}] {Path(job['run_dir']).name}: already evaluated, skipped")
+        else:
+            todo.append(job)
+    todo.sort(key=lambda j: -j["cost"])  # longest first balances the workers
+    results: list[dict] = []
+    if not todo:
+        return results, False
+    ctx = mp.get_context("spawn")
+    messages, stop = ctx.Queue(), ctx.Event()
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="main job runs", unit="run",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    interrupted = False
+
+    def drain() -> None:
+        while True:
+            try:
+                msg = messages.get_nowait()
+            except queue_mod.Empty:
+                return
+            line = _line(msg, index, len(jobs))
+            if line:
+                log(line)
+
+    with ProcessPoolExecutor(max_workers=min(plan.workers, len(todo)), mp_context=ctx, initializer=_init,
+                             initargs=(messages, stop, plan.threads)) as pool:
+        from .jobs import run_job
+
+        name_of = {pool.submit(run_job, job): Path(job["run_dir"]).name for job in todo}
+        pending = set(name_of)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                drain()
+                for fut in done:
+                    try:
+                        res = fut.result()
+                    except Exception as err:  # noqa: BLE001 - one failed run must not sink the others
+                        res = {"run": name_of[fut], "status": "failed", "error": f"{type(err).__name__}: {err}"}
+                        log(f"[{index[name_of[fut]]:>2}/{len(jobs)}] {name_of[fut]}: FAILED ({res['error']})")
+                    results.append(res)
+                    if res["status"] == "interrupted":
+                        interrupted = True
+                    else:
+                        bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            log("interrupt: the workers checkpoint their runs and stop (Ctrl-C again to abandon them)")
+            for fut in pending:
+                fut.cancel()
+            for fut in pending:
+                if not fut.cancelled():
+                    try:
+                        results.append(fut.result())
+                    except Exception as err:  # noqa: BLE001 - report and go on stopping
+                        log(f"a worker failed while stopping: {err}")
+        finally:
+            drain()
+            bar.close()
+    return results, interrupted
+
+
+def _init(messages, stop, threads) -> None:
+    from .jobs import init_worker
+
+    init_worker(messages, stop, threads)
+
+
+def make_all_figures(plan: MainPlan, run_dirs: list[Path], out: Path) -> tuple[list[Path], list[str]]:
+    """``analysis.make_figures`` over the gallery and training runs (the entry point wires layers:
+    the library never imports analysis). Returns (paths, notes)."""
+    from analysis import make_figures as mf
+
+    kwargs = {}
+    if hasattr(mf, "Options"):
+        fields = {f.name for f in dataclasses.fields(mf.Options)}
+        want = {"ema": plan.ema_rate if plan.eval_ema else None, "n_samples": plan.figure_samples,
+                "steps": plan.eval_steps, "seed": plan.seed, "n_times": plan.figure_times}
+        kwargs["options"] = mf.Options(**{k: v for k, v in want.items() if k in fields})
+    paths = mf.make_figures(run_dirs, out, **kwargs)
+    notes = list(getattr(kwargs.get("options"), "notes", []))
+    return [Path(p) for p in paths], notes
+
+
+def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workbench.experiments main",
-                                description="Run the workbench's main job and regenerate every figure.")
+                                description="Run the workbench's main job: train, evaluate, regenerate every figure, "
+                                            "write the report.")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="named budget (default: cpu)")
     p.add_argument("--runs", default="runs", help="directory for run directories (default: runs)")
-    p.add_argument("--figures", default="figures", help="directory for figures (default: figures)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--figures", default="figures", help="directory for figures and the report copy (default: figures)")
+    p.add_argument("--workers", type=int, default=None, help="parallel training processes (default: the budget's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the budget's)")
+    p.add_argument("--methods", default=None, help="comma-separated objectives (default: the budget's)")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: the budget's)")
+    p.add_argument("--fresh", action="store_true", help="delete this plan's run directories and redo every run")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (status lines stay)")
     return p
 
 
+def plan_from_args(args: argparse.Namespace) -> MainPlan:
+    plan = BUDGETS[args.budget]
+    changes = {}
+    if args.workers is not None:
+        changes["workers"] = args.workers
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.methods is not None:
+        changes["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if args.device is not None:
+        changes["device"] = args.device
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    return dataclasses.replace(plan, **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .report import write_report
+
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    runs = Path(args.runs)
-    gallery = write_gallery_run(runs / "gallery", seed=args.seed, progress=not args.no_progress)
-    # the entry point wires layers: analysis is imported here only, never by the library
-    from analysis.make_figures import make_figures
+    try:
+        plan = plan_from_args(args)
+        for m in plan.methods:
+            from ..training.build import build_objective
 
-    paths = make_figures([gallery], Path(args.figures))
-    print(f"main job finished in {time.perf_counter() - t0:.1f} s")
-    for p in paths:
-        print(f"  wrote {p}")
+            build_objective(ObjectiveConfig(m))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    runs = Path(args.runs)
+    root = runs / ("main" if plan.name == "cpu" else f"main-{plan.name}")
+    if args.fresh:
+        for name in plan.run_names():
+            shutil.rmtree(root / name, ignore_errors=True)
+    progress = not args.no_progress
+    print(f"main job, budget {plan.name!r}: {len(plan.run_names())} runs x {plan.steps} steps, {plan.workers} workers, "
+          f"run directories under {root}", file=sys.stderr)
+    stage: dict[str, float] = {}
+    gallery = write_gallery_run(runs / "gallery", seed=0, progress=progress)
+    stage["gallery"] = time.perf_counter() - t0
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops the job like Ctrl-C
+    try:
+        results, interrupted = run_plan(plan, root, progress=progress)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    stage["training and evaluation"] = time.perf_counter() - t0 - sum(stage.values())
+    if interrupted:
+        print("main job interrupted; finished runs are complete, the others resume when you run it again",
+              file=sys.stderr)
+        return 130
+    run_dirs = [root / n for n in plan.run_names() if (root / n / EVALUATION_FILE).is_file()]
+    figures_dir = Path(args.figures)
+    print("regenerating figures ...", file=sys.stderr)
+    try:
+        paths, notes = make_all_figures(plan, [gallery, *run_dirs], figures_dir)
+    except Exception as err:  # noqa: BLE001 - the report is still written, and says so
+        paths, notes = [], [f"the figures could not be regenerated: {type(err).__name__}: {err}"]
+        print(f"error while making figures: {err}", file=sys.stderr)
+    stage["figures"] = time.perf_counter() - t0 - sum(stage.values())
+    wall = time.perf_counter() - t0
+    fresh_runs = {r["run"] for r in results}
+    header = [
+        f"Budget **{plan.name}**: {len(plan.methods)} methods x {len(plan.datasets)} data sets, {plan.steps} steps of "
+        f"batch {plan.batch_size} per run, MLP {plan.hidden} x {plan.depth}, RAdam lr {plan.lr:g} (1/sqrt decay after "
+        f"{max(1, plan.steps // 2)} steps), EMA {plan.ema_rate:g}, {plan.workers} worker processes x {plan.threads} "
+        f"torch thread(s), device {plan.device}" + (f", time cap {plan.max_run_seconds:g} s per run" if plan.max_run_seconds else "") + ".",
+        "",
+        f"Wall time of this invocation: **{wall:.0f} s** ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in stage.items()) + "); "
+        f"{len(fresh_runs)} of {len(run_dirs)} runs trained and evaluated now, the others read from earlier invocations.",
+    ]
+    notes = [f"run {r['run']} failed: {r['error']}" for r in results if r["status"] == "failed"] + notes
+    rel = [str(p.resolve().relative_to(figures_dir.resolve())) if p.resolve().is_relative_to(figures_dir.resolve())
+           else str(p) for p in paths if p.suffix == ".png"]
+    report = write_report(run_dirs, root / "report.md", header=header, figures=[f"{figures_dir}/{p}" for p in rel],
+                          notes=notes)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report, figures_dir / "report.md")
+    print(f"main job finished in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(f"  report: {report} (copy: {figures_dir / 'report.md'})", file=sys.stderr)
+    print(f"  figures: {len(paths)} files in {figures_dir}", file=sys.stderr)
     return 0
