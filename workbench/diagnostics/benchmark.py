@@ -40,7 +40,7 @@ import torch
 
 from ..training import Callback, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, StepRecord, TrainConfig
 from ..training import TrainContext, Trainer
-from .callbacks import TrainingSignalsCallback
+from .signals import TrainingSignalsCallback
 
 DEFAULT_OBJECTIVES = ("fm", "lsd", "isd")
 
