@@ -138,6 +138,25 @@ def test_objective_field_schedules(tmp_path):
         Trainer(tiny_config(objective=ObjectiveConfig("fm", schedules={"nope": lin})), tmp_path / "bad")
 
 
+def test_callbacks_see_the_scheduled_objective_and_need_a_positive_cadence(tmp_path):
+    lin = {"kind": "linear", "start": 1.0, "end": 0.5, "steps": 8}
+    seen = {}
+
+    class Spy(Callback):
+        def on_step_end(self, ctx, record):
+            seen[record.step] = ctx.objective.diag_fraction
+
+    cfg = tiny_config(objective=ObjectiveConfig("lsd", schedules={"diag_fraction": lin}), steps=10, checkpoint_every=0)
+    Trainer(cfg, tmp_path / "run", callbacks=[Spy()]).fit()
+    assert seen == {k: 1.0 - 0.5 * min((k - 1) / 8, 1.0) for k in range(1, 11)}
+
+    class Never(Callback):
+        every = 0
+
+    with pytest.raises(ValueError, match="every must be a positive int"):
+        Trainer(tiny_config(), tmp_path / "bad2", callbacks=[Never()])
+
+
 # -- schedule, EMA, gradients -------------------------------------------------------------------
 def test_lr_schedule_values():
     cfg = OptimConfig(lr=1e-3, decay_start=100)

@@ -98,6 +98,9 @@ class Trainer:
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+            every = getattr(cb, "every", None)
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+                raise ValueError(f"{type(cb).__name__}.every must be a positive int (a cadence in steps), got {every!r}")
 
         if data is None:
             from ..data import get_data
@@ -282,6 +285,7 @@ class Trainer:
                 record = self.train_step(step)
                 self.step = self.ctx.step = step
                 self._in_step = True
+                self.ctx.objective = self._objective_at(step)  # callbacks see this step's scheduled fields
                 metrics = self._step_metrics(record) if (record.skipped or step % cfg.log_every == 0 or step == cfg.steps) else {}
                 for cb in self.callbacks:
                     if step % cb.every == 0:
