@@ -16,7 +16,8 @@ import torch
 
 from workbench.experiments import jobs
 from workbench.experiments.evaluate import EVALUATION_FILE, EvalSpec, evaluate_model, read_evaluation
-from workbench.experiments.main_job import BUDGETS, DATASETS, METHODS, MainPlan, dataset_config, main, make_job, run_plan, run_state
+from workbench.experiments import main_job
+from workbench.experiments.main_job import BUDGETS, DATASETS, METHODS, dataset_config, main, make_job, run_plan, run_state
 from workbench.experiments.report import METRIC_TITLES, format_number
 from workbench.flows.registry import make_flow
 from workbench.losses import OBJECTIVES
@@ -198,3 +199,26 @@ def test_evaluation_of_the_exact_map_against_the_oracle():
     assert min(still["oracle"]["steps_rmse"]) > 0.5 * spread
     assert min(still["quality"]["w2"]) > 2 * max(floor["w2"], *exact["quality"]["w2"])
     assert still["quality"]["drift"] == [0.0, 0.0] and not math.isnan(still["oracle"]["map_rmse"])
+
+
+def test_figures_leave_out_runs_with_non_finite_samples(tmp_path, monkeypatch):
+    good, bad, gallery = tmp_path / "gmm-lsd", tmp_path / "checkerboard-isd", tmp_path / "gallery"
+    for rd, errors in ((good, {}), (bad, {"quality": "ValueError: x contains 3 non-finite value(s)"})):
+        rd.mkdir()
+        (rd / EVALUATION_FILE).write_text(json.dumps({"errors": errors}))
+    calls = []
+
+    def fake(plan, dirs, out):
+        calls.append(list(dirs))
+        if len(calls) == 1 and fail:
+            raise RuntimeError("figure code broke")
+        return [out / "x.png"], []
+
+    monkeypatch.setattr(main_job, "make_all_figures", fake)
+    fail = False
+    paths, notes = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    assert calls == [[gallery, good]] and len(notes) == 1 and "checkerboard-isd" in notes[0] and "non-finite" in notes[0]
+    calls.clear()
+    fail = True  # the figure code fails: the gallery alone is drawn and the failure is noted
+    paths, notes = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    assert calls == [[gallery, good], [gallery]] and any("figure code broke" in n for n in notes)

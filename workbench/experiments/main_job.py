@@ -26,13 +26,10 @@ import argparse
 import dataclasses
 import json
 import math
-import multiprocessing as mp
-import queue as queue_mod
 import shutil
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +38,7 @@ from tqdm.auto import tqdm
 from ..training.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, TrainConfig
 from .evaluate import EVALUATION_FILE, EvalSpec, read_evaluation
 from .gallery import write_gallery_run
+from .parallel import run_jobs
 
 METHODS = ("lsd", "esd", "psd_midpoint", "psd_uniform", "meanflow", "ct", "isd")
 DATASETS = ("checkerboard", "gmm")
@@ -181,98 +179,23 @@ def run_state(job: dict) -> str:
     return "done" if ev is not None and ev.get("spec") == job["eval"] else "resume"
 
 
-def _line(msg: dict, index: dict[str, int], n: int) -> str | None:
-    tag = f"[{index.get(msg['run'], 0):>2}/{n}] {msg['run']}"
-    kind = msg["kind"]
-    if kind == "start":
-        return f"{tag}: training from step {msg['step']} of {msg['total']}"
-    if kind == "step":
-        return f"{tag}: step {msg['step']}/{msg['total']}  loss {msg['loss']:.4g}  ({msg['seconds']:.0f} s)"
-    if kind == "evaluating":
-        return f"{tag}: trained {msg['step']} steps in {msg['seconds']:.0f} s; evaluating"
-    if kind == "done":
-        return f"{tag}: done ({msg['status']}; train {msg['seconds']:.0f} s, eval {msg['eval_seconds']:.0f} s)"
-    if kind == "interrupted":
-        return f"{tag}: interrupted at step {msg['step']} (checkpoint written; run again to resume)"
-    return None
-
-
 def run_plan(plan: MainPlan, root: Path, *, progress: bool = True, log=None) -> tuple[list[dict], bool]:
-    """Train and evaluate every run of the plan not done yet, ``plan.workers`` at a time.
-    Returns (results of the runs executed now, interrupted?)."""
+    """Train and evaluate every run of the plan not done yet, ``plan.workers`` at a time
+    (:func:`workbench.experiments.parallel.run_jobs`, longest first). Returns (results of the runs
+    executed now, interrupted?); raises ValueError when a run directory holds another plan's run."""
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     jobs = [make_job(plan, root, d, m) for d in plan.datasets for m in plan.methods]
-    index = {Path(j["run_dir"]).name: i + 1 for i, j in enumerate(jobs)}
+    names = [Path(j["run_dir"]).name for j in jobs]
     todo = []
-    for job in jobs:
-        state = run_state(job)
-        if state == "done":
-            log(f"[{index[Path(job['run_dir']).name]:>2}/{len(jobs)}] {Path(job['run_dir']).name}: already evaluated, skipped")
+    for k, job in enumerate(jobs):
+        if run_state(job) == "done":
+            log(f"[{k + 1:>2}/{len(jobs)}] {names[k]}: already evaluated, skipped")
         else:
             todo.append(job)
-    todo.sort(key=lambda j: -j["cost"])  # longest first balances the workers
-    results: list[dict] = []
     if not todo:
-        return results, False
-    ctx = mp.get_context("spawn")
-    messages, stop = ctx.Queue(), ctx.Event()
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="main job runs", unit="run",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    interrupted = False
-
-    def drain() -> None:
-        while True:
-            try:
-                msg = messages.get_nowait()
-            except queue_mod.Empty:
-                return
-            line = _line(msg, index, len(jobs))
-            if line:
-                log(line)
-
-    with ProcessPoolExecutor(max_workers=min(plan.workers, len(todo)), mp_context=ctx, initializer=_init,
-                             initargs=(messages, stop, plan.threads)) as pool:
-        from .jobs import run_job
-
-        name_of = {pool.submit(run_job, job): Path(job["run_dir"]).name for job in todo}
-        pending = set(name_of)
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                drain()
-                for fut in done:
-                    try:
-                        res = fut.result()
-                    except Exception as err:  # noqa: BLE001 - one failed run must not sink the others
-                        res = {"run": name_of[fut], "status": "failed", "error": f"{type(err).__name__}: {err}"}
-                        log(f"[{index[name_of[fut]]:>2}/{len(jobs)}] {name_of[fut]}: FAILED ({res['error']})")
-                    results.append(res)
-                    if res["status"] == "interrupted":
-                        interrupted = True
-                    else:
-                        bar.update(1)
-        except KeyboardInterrupt:
-            interrupted = True
-            stop.set()
-            log("interrupt: the workers checkpoint their runs and stop (Ctrl-C again to abandon them)")
-            for fut in pending:
-                fut.cancel()
-            for fut in pending:
-                if not fut.cancelled():
-                    try:
-                        results.append(fut.result())
-                    except Exception as err:  # noqa: BLE001 - report and go on stopping
-                        log(f"a worker failed while stopping: {err}")
-        finally:
-            drain()
-            bar.close()
-    return results, interrupted
-
-
-def _init(messages, stop, threads) -> None:
-    from .jobs import init_worker
-
-    init_worker(messages, stop, threads)
+        return [], False
+    todo.sort(key=lambda j: -j["cost"])  # longest first balances the workers
+    return run_jobs(todo, names, workers=plan.workers, threads=plan.threads, progress=progress, log=log)
 
 
 def make_all_figures(plan: MainPlan, run_dirs: list[Path], out: Path) -> tuple[list[Path], list[str]]:
@@ -293,6 +216,29 @@ def make_all_figures(plan: MainPlan, run_dirs: list[Path], out: Path) -> tuple[l
 
 def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+def figures_stage(plan: MainPlan, gallery: Path, run_dirs: list[Path], out: Path) -> tuple[list[Path], list[str]]:
+    """Figures of the gallery and of every run whose evaluation found finite samples (a run whose
+    samples overflow is left out and named in the notes); if the figure code still fails, the
+    gallery alone, and the failure goes into the notes. The report is written in every case."""
+    notes = []
+    drawn = []
+    for rd in run_dirs:
+        errors = (read_evaluation(rd) or {}).get("errors", {})
+        if errors:
+            key, why = next(iter(errors.items()))
+            notes.append(f"{rd.name} is left out of the figures: its evaluation found non-finite values ({key}: {why})")
+        else:
+            drawn.append(rd)
+    try:
+        paths, more = make_all_figures(plan, [gallery, *drawn], out)
+        return paths, notes + more
+    except Exception as err:  # noqa: BLE001 - keep going: the report says what happened
+        print(f"error while making the figures of the training runs: {err}", file=sys.stderr)
+        notes.append(f"the figures of the training runs could not be made ({type(err).__name__}: {err})")
+    paths, more = make_all_figures(plan, [gallery], out)
+    return paths, notes + more
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,11 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dirs = [root / n for n in plan.run_names() if (root / n / EVALUATION_FILE).is_file()]
     figures_dir = Path(args.figures)
     print("regenerating figures ...", file=sys.stderr)
-    try:
-        paths, notes = make_all_figures(plan, [gallery, *run_dirs], figures_dir)
-    except Exception as err:  # noqa: BLE001 - the report is still written, and says so
-        paths, notes = [], [f"the figures could not be regenerated: {type(err).__name__}: {err}"]
-        print(f"error while making figures: {err}", file=sys.stderr)
+    paths, notes = figures_stage(plan, gallery, run_dirs, figures_dir)
     stage["figures"] = time.perf_counter() - t0 - sum(stage.values())
     wall = time.perf_counter() - t0
     fresh_runs = {r["run"] for r in results}

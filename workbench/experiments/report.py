@@ -135,6 +135,10 @@ def render_report(evals: list[dict], *, header: Sequence[str] = (), figures: Seq
     fired = [(e["run"], k, v) for e in evals for k, v in e.get("detectors", {}).get("evidence", {}).items()]
     if fired:
         md += ["Evidence of the detectors that fired:", ""] + [f"- {run} / {k}: {v}" for run, k, v in fired] + [""]
+    missing = [(e["run"], k, v) for e in evals for k, v in list(e.get("errors", {}).items())[:3]]
+    if missing:
+        md += ["Values shown as n/a (the evaluation could not compute them):", ""]
+        md += [f"- {run} / {k}: {v}" for run, k, v in missing] + [""]
     if notes:
         md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     if figures:
