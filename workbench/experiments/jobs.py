@@ -113,6 +113,13 @@ def diagnostics_callbacks(spec: dict, steps: int) -> list[Callback]:
     return out
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def _train(job: dict, run: str) -> dict:
     from ..data import get_data
     from ..training.trainer import Trainer
@@ -122,7 +129,7 @@ def _train(job: dict, run: str) -> dict:
     run_dir = Path(job["run_dir"])
     resume = (run_dir / "config.json").is_file()
     done_before = latest_step(run_dir) if resume else 0
-    prior = json.loads((run_dir / TRAINING_FILE).read_text()) if (run_dir / TRAINING_FILE).is_file() else {}
+    prior = _read_json(run_dir / TRAINING_FILE)
     if resume and done_before >= cfg.steps and (run_dir / "diagnosis.json").is_file():
         return prior | {"status": "completed", "steps_done": done_before}
     data = get_data(cfg.data.name, **cfg.data.kwargs)
@@ -140,7 +147,9 @@ def _train(job: dict, run: str) -> dict:
     summary = {"status": status, "steps_done": result.step, "steps_planned": cfg.steps, "seconds": seconds,
                "skipped_total": result.skipped_total, "message": result.message, "sessions": int(prior.get("sessions", 0)) + 1,
                "device": str(trainer.device)}
-    (run_dir / TRAINING_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    from .evaluate import write_json_atomic
+
+    write_json_atomic(run_dir / TRAINING_FILE, summary)
     return summary
 
 

@@ -218,6 +218,19 @@ def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signatur
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
+def method_notes(plan: MainPlan) -> list[str]:
+    """Facts about the objectives that the tables need to be read right (from their configuration)."""
+    from ..losses import OBJECTIVES
+
+    out = []
+    for m in plan.methods:
+        if getattr(OBJECTIVES.get(m), "t_end", None) == 1.0:
+            out.append(f"{m} trains only the maps X_(s,1) to the data end (consistency functions, t_end = 1); "
+                       "N-step flow-map sampling also uses the maps X_(t_k, t_(k+1)) with t_(k+1) < 1, which it "
+                       "never fits, so its quality need not improve with N.")
+    return out
+
+
 def figures_stage(plan: MainPlan, gallery: Path, run_dirs: list[Path], out: Path) -> tuple[list[Path], list[str]]:
     """Figures of the gallery and of every run whose evaluation found finite samples (a run whose
     samples overflow is left out and named in the notes); if the figure code still fails, the
@@ -330,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(fresh_runs)} of {len(run_dirs)} runs trained and evaluated now, the others read from earlier invocations.",
     ]
     notes = [f"run {r['run']} failed: {r['error']}" for r in results if r["status"] == "failed"] + notes
+    notes += method_notes(plan)
     rel = [str(p.resolve().relative_to(figures_dir.resolve())) if p.resolve().is_relative_to(figures_dir.resolve())
            else str(p) for p in paths if p.suffix == ".png"]
     report = write_report(run_dirs, root / "report.md", header=header, figures=[f"{figures_dir}/{p}" for p in rel],
