@@ -33,6 +33,33 @@ Not reproduced: label dropout and training-time CFG (unconditional models here).
 ``stop_tangent_gradient=False`` ("isd_unstopped"): the ablation (c) of K26 sec. 3 / B25's ESD
 "convex" analogue, where v^ stays stopped but the gradient also flows through D_s v (the term with
 the spatial Jacobian), the gradient-pathology case.
+
+Stability (measured Nov 2026, not a bug). The translation above was re-derived against the code's
+T = v^ - (t_iSD - s_iSD) dF/dt (F = -v, t_iSD = 1 - s, so dF/dt_iSD = +D_s v and the sign of both
+terms carries over), and the tests pin the fixed point (residual 0 at the exact map with the JVP,
+O(eps^2) with the central difference in the (s, x) tangent). Yet the defaults (adaptive on the sum,
+anchor "every", diag_fraction 0) can run away on B25's checkerboard: MLP 256 x 3 on raw (s, t - s),
+batch 256, RAdam, clip 10, 400 steps, std of the one-step map X_{0,1}(z) (truth 2.31):
+
+    lr 3e-3:                 seed 0 max 8.0 -> 3.3 (recovers);  seed 1 runs away: 17 @100, 280 @400
+    lr 3e-3, data_std 2.31:  seeds 0 / 1 run away: 452 / 390 @400 (L_FM 13 -> 6e5, L_FMD -> 1e10)
+    lr 1e-3 (3e-4), data_std: 133 (22) @400 and growing; without data_std max 7.2 (4.8), recovers
+    data_std, lr 3e-3 and:   JVP tangent 510, clip 1 527, clip 0.1 1130, p = 0.5 1.4e4,
+                             weighting "none" 6e4 (so the adaptive weight is not the cause)
+    stable (data_std, lr 3e-3): pseudo-Huber max 2.5 (seeds 0, 1; 2.27 after 1200 steps),
+                             pseudo-Huber + "sin" 2.6; diag_fraction 0.25 max 3.3 / 3.6 -> 2.5,
+                             diag_fraction 0.1 max 4.6 -> 2.0-3.4; anchor "split" 0.25: 600 (runs away).
+
+Mechanism: the target feeds the model's own velocity back, dT = (I + (t - s) grad v_{s,t}) dv^,
+with gain > 1 where the flow expands (data wider than the noise: for N(0,1) -> N(0, 2.31^2) the gain
+at (0, 1) is 2.31), and the network carries the off-diagonal error to the diagonal (smooth in
+t - s), so v^ grows with it. Only L_FM pulls back, and with one weight on L_FM + L_FMD per sample
+the anchor is swamped once L_FMD >> L_FM (L_FM itself then grows: it is the velocity that diverges,
+not just the off-diagonal). The grad norm under adaptive weighting stays below ~2, so clip 10 never
+acts and lr / clipping only delay it. What stabilises it keeps the anchor's share of the gradient
+bounded away from 0: pseudo-Huber on L_FMD (its gradient scaled by 0.5 / sqrt(L_FMD + 25) <= 0.1
+beside an unweighted L_FM; K26's released "augmented" configuration) or pure flow-matching samples
+with their own adaptive weight (``diag_fraction`` > 0 with anchor "every").
 """
 
 from __future__ import annotations
