@@ -59,9 +59,8 @@ def sample_grid(models: dict, data, *, steps: Sequence[int] = (1, 2, 4, 8, 16), 
                 n_times: int = 33, seed: int = 0) -> SampleGrid:
     """N-step samples x_{k+1} = X_{t_k, t_{k+1}}(x_k), t_k = k / N (workbench.sampling.sample_flow_map)
     of every model (label -> model) from one shared noise batch x0 ~ N(0, I) (n, dim), and the
-    trajectories X_{0,t}(x0[:n_traj]) on n_times uniform times, with n data samples."""
-    from workbench.sampling import sample_flow_map
-
+    trajectories X_{0,t}(x0[:n_traj]) on n_times uniform times, with n data samples. A sample whose
+    state turns non-finite on the way (a diverged model) is NaN: callers check ``np.isfinite``."""
     if not models:
         raise ValueError("models must name at least one model")
     g = torch.Generator().manual_seed(seed)
@@ -71,12 +70,30 @@ def sample_grid(models: dict, data, *, steps: Sequence[int] = (1, 2, 4, 8, 16), 
     samples, trajs = {}, {}
     for label, model in models.items():
         z = x0.to(_dtype(model))
-        samples[label] = np.stack([sample_flow_map(model, z, n_steps=int(k)).double().numpy() for k in steps])
+        samples[label] = np.stack([_n_step_samples(model, z, int(k)).double().numpy() for k in steps])
         zt = z[:n_traj]
         trajs[label] = np.stack([zt.double().numpy()] + [model.flow_map(0.0, float(t), zt).double().numpy()
                                                          for t in times[1:]])
     return SampleGrid(methods=tuple(models), steps=tuple(int(k) for k in steps), samples=samples, data=ref,
                       times=times, trajectories=trajs)
+
+
+def _n_step_samples(model: torch.nn.Module, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """x_N of x_{k+1} = X_{t_k, t_{k+1}}(x_k), t_k = k / N (as workbench.sampling.sample_flow_map),
+    except that a sample whose state turns non-finite (a diverged model overflowing) stops there
+    and is NaN in the result instead of failing the whole batch at the next step's input check."""
+    from workbench.sampling import time_grid
+
+    grid = time_grid(n_steps, dtype=x0.dtype, device=x0.device)
+    x = x0.clone()
+    alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for k in range(n_steps):
+        if not bool(alive.any()):
+            break
+        x[alive] = model.flow_map(grid[k], grid[k + 1], x[alive])
+        alive &= torch.isfinite(x).all(dim=1)
+    x[~alive] = math.nan
+    return x
 
 
 @torch.no_grad()

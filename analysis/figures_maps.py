@@ -70,7 +70,9 @@ def _clean_axes(ax, box) -> None:
 def samples_vs_steps(grid: SampleGrid, *, point_size: float = 0.6):
     """Rows = methods; columns = trajectories t -> X_{0,t}(x0) (when given), then the N-step samples
     for each N in ``grid.steps`` (blue) over data samples (grey). Sample panels share the data's
-    box; the share of samples outside it (or non-finite) is printed in the panel's corner."""
+    box; the share of samples outside it (or non-finite) is printed in the panel's corner, and a
+    panel whose samples are all non-finite (a diverged model) says "non-finite samples". A row label
+    "method (run)" is set on two lines, shrunk and broken further until it fits beside its row."""
     if not grid.methods:
         raise ValueError("grid.methods must name at least one method")
     use_style()
@@ -83,6 +85,7 @@ def samples_vs_steps(grid: SampleGrid, *, point_size: float = 0.6):
     if data.shape[1] == 1:
         _one_dimensional(axes, grid, data, has_traj)
         fig.tight_layout(pad=0.3, w_pad=0.15, h_pad=0.15)
+        _fit_row_labels(fig, [row[0] for row in axes])
         return fig
     box = _box(data)
     for r, method in enumerate(grid.methods):
@@ -96,6 +99,8 @@ def samples_vs_steps(grid: SampleGrid, *, point_size: float = 0.6):
             ax.scatter(traj[0, :, 0], traj[0, :, 1], s=2, color=PALETTE[7], lw=0, label="$t=0$")
             ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=2, color=PALETTE[3], lw=0, label="$t=1$")
             _clean_axes(ax, _box(np.concatenate([data, traj.reshape(-1, traj.shape[-1])])))
+            if traj.size and not np.isfinite(traj[1:, :, :2]).any():
+                _non_finite(ax, "trajectories")
             if r == 0:
                 ax.set_title("$X_{0,t}(x_0)$, $t \\in [0,1]$", fontsize=8)
         samples = np.asarray(grid.samples[method])
@@ -106,14 +111,69 @@ def samples_vs_steps(grid: SampleGrid, *, point_size: float = 0.6):
             ax.scatter(x[:, 0], x[:, 1], s=point_size, color=PALETTE[0], alpha=0.7, rasterized=True, lw=0)
             _clean_axes(ax, box)
             frac = _outside(x, box)
-            if frac > 0.005:
+            if len(x) and not np.isfinite(x[:, :2]).any():
+                _non_finite(ax)
+            elif frac > 0.005:
                 ax.text(0.97, 0.97, f"{100 * frac:.0f}% out", transform=ax.transAxes, ha="right", va="top",
                         fontsize=6, color=PALETTE[3], bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=0.8))
             if r == 0:
                 ax.set_title(f"$N = {n_steps}$", fontsize=8)
-        row[0].set_ylabel(method, fontsize=8)
+        row[0].set_ylabel(_wrap(method), fontsize=8)
     fig.tight_layout(pad=0.3, w_pad=0.15, h_pad=0.15)
+    _fit_row_labels(fig, [row[0] for row in axes])
     return fig
+
+
+def _non_finite(ax, what: str = "samples") -> None:
+    """The placeholder of a panel whose samples are all non-finite (a diverged model)."""
+    ax.text(0.5, 0.5, f"non-finite\n{what}", transform=ax.transAxes, ha="center", va="center", fontsize=7,
+            color=PALETTE[3], bbox=dict(facecolor="white", alpha=0.85, lw=0, pad=1.0))
+
+
+def _wrap(label: str) -> str:
+    """A row label "method (run)" on two lines, so that it fits beside one panel."""
+    head, sep, tail = label.partition(" (")
+    return f"{head}\n({tail}" if sep and head else label
+
+
+def _fit_row_labels(fig, axes, smallest: float = 6.0) -> None:
+    """Make every row label (y label) fit beside its panel: shrink it down to ``smallest`` pt, then
+    break its longest lines (at '-', '_', '.', ' ' where possible) until its extent is no taller than
+    the panel; the figure is laid out again after each change, so the labels stay inside it."""
+    for _ in range(4):  # a relayout shrinks the panels a little: check again
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        changed = False
+        for ax in axes:
+            label = ax.yaxis.label
+            room = ax.get_window_extent(renderer).height
+            original, width = label.get_text(), None
+            while (height := label.get_window_extent(renderer).height) > room:
+                if label.get_fontsize() > smallest:
+                    label.set_fontsize(max(smallest, label.get_fontsize() - 0.5))
+                else:  # lines of ``width`` characters, from the proportional guess down
+                    longest = max(len(line) for line in label.get_text().split("\n"))
+                    width = int(longest * room / height) if width is None else width - 1
+                    if width < 4:
+                        break
+                    label.set_text(_break_lines(original, width))
+                changed = True
+        if not changed:
+            return
+        fig.tight_layout(pad=0.3, w_pad=0.15, h_pad=0.15)
+
+
+def _break_lines(text: str, width: int) -> str:
+    """Lines of at most ``width`` characters, cut after a '-', '_', '.' or ' ' where one is close."""
+    out = []
+    for line in text.split("\n"):
+        while len(line) > width:
+            cut = max(line.rfind(c, 0, width) for c in "-_. ")
+            cut = cut + 1 if cut >= width // 2 else width
+            out.append(line[:cut].rstrip())
+            line = line[cut:]
+        out.append(line)
+    return "\n".join(out)
 
 
 def _one_dimensional(axes, grid: SampleGrid, data: np.ndarray, has_traj: bool) -> None:
@@ -134,11 +194,13 @@ def _one_dimensional(axes, grid: SampleGrid, data: np.ndarray, has_traj: bool) -
             x = np.asarray(grid.samples[method])[i][:, 0]
             ax.hist(data[:, 0], bins=bins, density=True, color="0.78")
             ax.hist(x[np.isfinite(x)], bins=bins, density=True, histtype="step", color=PALETTE[0], lw=1.0)
+            if len(x) and not np.isfinite(x).any():
+                _non_finite(ax)
             ax.set_yticks([])
             ax.tick_params(labelsize=6)
             if r == 0:
                 ax.set_title(f"$N = {n_steps}$", fontsize=8)
-        row[0].set_ylabel(method, fontsize=8)
+        row[0].set_ylabel(_wrap(method), fontsize=8)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def _slug(name: str) -> str:
 
 # -- training runs ----------------------------------------------------------------------------------------
 def _labels(runs) -> list[str]:
-    """Method names, made unique with the run directory name where two runs share a method."""
+    """Method names, made unique with the run directory name where two of ``runs`` share a method
+    (called per data set: the figures that hold several runs hold one data set)."""
     methods = [r.method for r in runs]
     return [m if methods.count(m) == 1 else f"{m} ({r.name})" for m, r in zip(methods, runs)]
 
@@ -146,6 +147,7 @@ class _RunState:
     data: object
     model: object = None
     gaps: dict = field(default_factory=dict)  # quantity label -> GapCurve of the last evaluation
+    non_finite: str = ""  # why the run's samples are not drawn / its quality left out ("" when fine)
 
 
 def _per_run(run, label: str, out: Path, opts: Options) -> tuple[_RunState, list[Path]]:
@@ -186,6 +188,8 @@ def _quality_of(st: _RunState, opts: Options) -> tuple[str, object, dict] | None
     protocol for every run), else the logged periodic values."""
     from . import derived
 
+    if st.non_finite:
+        return None
     try:
         found = quality_from_evaluation(st.run.run_dir)
     except ValueError as err:
@@ -205,6 +209,18 @@ def _quality_of(st: _RunState, opts: Options) -> tuple[str, object, dict] | None
     return None if q is None else ("logged during training", q, {})
 
 
+def _check_samples(st: _RunState, grid, opts: Options) -> None:
+    """Mark a run whose N-step samples hold non-finite values (a diverged model): its samples panels
+    say so and it is left out of the quality figure, with a note naming it."""
+    x = np.asarray(grid.samples[st.label])
+    bad = (~np.isfinite(x).all(axis=-1)).sum(axis=-1)  # per number of steps
+    if bad.any():
+        per = ", ".join(f"N = {k}: {b}/{x.shape[1]}" for k, b in zip(grid.steps, bad) if b)
+        st.non_finite = f"non-finite samples ({per})"
+        opts.notes.append(f"{st.run.run_dir}: the model's samples are non-finite ({per}); drawn as such in "
+                          f"samples_vs_steps, left out of quality_vs_steps")
+
+
 def _per_data_set(states: list[_RunState], suffix: str, out: Path, opts: Options) -> list[Path]:
     """``samples_vs_steps``, ``quality_vs_steps`` and ``by_gap`` of the runs on one data set."""
     from . import derived
@@ -214,6 +230,8 @@ def _per_data_set(states: list[_RunState], suffix: str, out: Path, opts: Options
     if with_model:
         grid = derived.sample_grid({st.label: st.model for st in with_model}, with_model[0].data, steps=opts.steps,
                                    n=opts.n_samples, seed=opts.seed)
+        for st in with_model:
+            _check_samples(st, grid, opts)
         written += save_figure(samples_vs_steps(grid), out, f"samples_vs_steps{suffix}")
     found = [(st.label, q) for st in states if (q := _quality_of(st, opts)) is not None]
     if found:
@@ -236,6 +254,14 @@ def _per_data_set(states: list[_RunState], suffix: str, out: Path, opts: Options
     return written
 
 
+def group_by_data(runs) -> dict[str, list]:
+    """The runs by data set (key: the JSON of the data section's name and kwargs), in order."""
+    groups: dict[str, list] = {}
+    for run in runs:
+        groups.setdefault(json.dumps([run.config.data.name, run.config.data.kwargs], sort_keys=True), []).append(run)
+    return groups
+
+
 def _training(run_dirs: list[Path], out: Path, opts: Options) -> list[Path]:
     runs = [load_training_run(rd) for rd in run_dirs]
     for run in runs:  # before any figure is written
@@ -244,11 +270,11 @@ def _training(run_dirs: list[Path], out: Path, opts: Options) -> list[Path]:
                              f"(its ema_rates: {run.config.ema_rates})")
     written: list[Path] = []
     groups: dict[str, list[_RunState]] = {}
-    for run, label in zip(runs, _labels(runs)):
-        state, paths = _per_run(run, label, out, opts)
-        written += paths
-        key = json.dumps([run.config.data.name, run.config.data.kwargs], sort_keys=True)
-        groups.setdefault(key, []).append(state)
+    for key, group in group_by_data(runs).items():
+        for run, label in zip(group, _labels(group)):
+            state, paths = _per_run(run, label, out, opts)
+            written += paths
+            groups.setdefault(key, []).append(state)
     used: set[str] = set()
     for key, states in groups.items():
         suffix = "" if len(groups) == 1 else "_" + _slug(json.loads(key)[0])

@@ -520,3 +520,92 @@ def test_library_does_not_import_analysis():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
+
+
+# -- diverged runs and row labels -------------------------------------------------------------------------------
+def _diverge(rd: Path) -> None:
+    """Scale every weight of the run's newest checkpoint by 1e30: the float32 model overflows to inf."""
+    (ck,) = sorted((rd / "checkpoints").glob("step-*.pt"))[-1:]
+    state = torch.load(ck, map_location="cpu", weights_only=False)
+    state["model"] = {k: v * 1e30 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, ck)
+
+
+def test_make_figures_with_a_diverged_run_keeps_every_figure_and_notes_it(real_run, tmp_path):
+    import shutil
+
+    from workbench.sampling import sample_flow_map
+
+    good, bad, out = tmp_path / "good", tmp_path / "bad", tmp_path / "figs"
+    shutil.copytree(real_run, good)
+    shutil.copytree(real_run, bad)
+    for f in ("evaluation.json", "diagnostics"):  # quality and maps from the checkpoints, not the files
+        for rd in (good, bad):
+            p = rd / f
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    _diverge(bad)
+    model = derived.load_model(loaders.load_training_run(bad))
+    with pytest.raises(ValueError, match="non-finite"):  # the defect: the sampler's input check at step 2
+        sample_flow_map(model, torch.zeros(4, 2, dtype=torch.float32), n_steps=2)
+    opts = Options(n_samples=64, steps=(1, 2), n_times=128)
+    paths = make_figures([good, bad], out, options=opts)
+    names = {p.name for p in paths}
+    for name in ("good_training", "bad_training", "samples_vs_steps", "quality_vs_steps"):
+        assert {f"{name}.pdf", f"{name}.png"} <= names
+        assert (out / f"{name}.png").stat().st_size > 1000
+    bad_notes = [n for n in opts.notes if str(bad) in n and "non-finite" in n]
+    assert len(bad_notes) == 1 and "N = 1: 64/64" in bad_notes[0] and "left out of quality_vs_steps" in bad_notes[0]
+    assert not any(str(good) in n for n in opts.notes)
+
+
+def test_sample_grid_marks_non_finite_samples_and_the_panel_says_so(real_run, tmp_path):
+    import shutil
+
+    from workbench.sampling import sample_flow_map
+
+    bad = tmp_path / "bad"
+    shutil.copytree(real_run, bad)
+    _diverge(bad)
+    runs = [loaders.load_training_run(rd) for rd in (real_run, bad)]
+    data = derived.data_source(runs[0])
+    models = {"lsd (good)": derived.load_model(runs[0], data=data), "lsd (bad)": derived.load_model(runs[1], data=data)}
+    grid = derived.sample_grid(models, data, steps=(1, 3), n=50, n_traj=4, n_times=5, seed=2)
+    assert np.isnan(grid.samples["lsd (bad)"]).all()
+    # the good model's samples are those of workbench.sampling from the same seeded noise
+    x0 = torch.randn(50, 2, generator=torch.Generator().manual_seed(2), dtype=F64).float()
+    for i, k in enumerate((1, 3)):
+        want = sample_flow_map(models["lsd (good)"], x0, n_steps=k).detach().double().numpy()
+        np.testing.assert_array_equal(grid.samples["lsd (good)"][i], want)
+    axes = np.array(samples_vs_steps(grid).axes).reshape(2, 3)
+    assert [t.get_text() for t in axes[1, 0].texts] == ["non-finite\ntrajectories"]
+    assert all([t.get_text() for t in ax.texts] == ["non-finite\nsamples"] for ax in axes[1, 1:])
+    assert not any("non-finite" in t.get_text() for ax in axes[0] for t in ax.texts)
+
+
+def test_row_labels_are_unique_per_data_set_and_fit_their_row():
+    from analysis.make_figures import _labels, group_by_data
+
+    def run(name, method, data):
+        return types.SimpleNamespace(name=name, method=method,
+                                     config=types.SimpleNamespace(data=types.SimpleNamespace(name=data, kwargs={})))
+
+    runs = [run("checkerboard-lsd", "lsd", "checkerboard"), run("gauss-lsd", "lsd", "gaussian"),
+            run("checkerboard-esd", "esd", "checkerboard"), run("gauss-lsd-2", "lsd", "gaussian")]
+    groups = list(group_by_data(runs).values())
+    assert [[r.name for r in g] for g in groups] == [["checkerboard-lsd", "checkerboard-esd"], ["gauss-lsd", "gauss-lsd-2"]]
+    assert [_labels(g) for g in groups] == [["lsd", "esd"], ["lsd (gauss-lsd)", "lsd (gauss-lsd-2)"]]
+    # a long "method (run)" label beside a row of six small panels: on two lines, inside its row and the figure
+    rng = np.random.default_rng(3)
+    methods = ("lsd (a-rather-long-run-directory-name-1)", "lsd (a-rather-long-run-directory-name-2)")
+    grid = SampleGrid(methods=methods, steps=(1, 2, 4, 8, 16, 32), data=rng.normal(0, 1, (50, 2)),
+                      samples={m: rng.normal(0, 1, (6, 50, 2)) for m in methods})
+    fig = samples_vs_steps(grid)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = np.array(fig.axes).reshape(2, 6)
+    fig_box = fig.get_window_extent(renderer)
+    for ax in axes[:, 0]:
+        label = ax.yaxis.label
+        assert label.get_text().replace("\n", "") == methods[list(axes[:, 0]).index(ax)].replace(" (", "(")
+        box, panel = label.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.height <= panel.height and box.x0 >= fig_box.x0
