@@ -431,7 +431,7 @@ def test_objective_runs_on_mlp_float32(name, kw):
 
 def test_registry():
     b25 = {"fm", "lsd", "esd", "psd_midpoint", "psd_uniform", "lmd", "emd", "pd"}
-    k26_and_peers = {"ct", "cd", "scm", "meanflow", "shortcut", "isd", "isd_unstopped"}
+    k26_and_peers = {"ct", "cd", "scm", "meanflow", "shortcut", "isd", "isd_unstopped", "isd_huber"}
     assert set(OBJECTIVES) == b25 | k26_and_peers
     for key, obj in OBJECTIVES.items():
         assert obj.name == key

@@ -35,6 +35,9 @@ OBJECTIVES: dict[str, object] = {
     "shortcut": Shortcut(),
     "isd": ImprovedSelfDistillation(),
     "isd_unstopped": ImprovedSelfDistillation(name="isd_unstopped", stop_tangent_gradient=False),
+    # K26's released large-model weighting: pseudo-Huber on the self-distillation term only. The
+    # default "isd" (adaptive p = 1 on the sum) runs away on the checkerboard; see isd.py's docstring.
+    "isd_huber": ImprovedSelfDistillation(name="isd_huber", weighting="pseudo_huber"),
 }
 
 __all__ = ["OBJECTIVES"]
