@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=${VENV:-.venv}
-extra=${1:-}
+extra=${WORKBENCH_EXTRA:-}  # "dev" for the test extra; not $1, which holds the caller's arguments
 stamp="$VENV/.installed${extra:+-$extra}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
