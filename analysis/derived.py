@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from workbench.flows.base import data_end_time
+
 from .figures_maps import SampleGrid
 from .figures_times import ConfiguredLaw, TimeSamples
 from .loaders import TrainingRun
@@ -128,7 +130,7 @@ def oracle_map_error(model: torch.nn.Module, flow, *, grid: int = 8, n_cell: int
     [0, T]^2 (T = 1, or 1 - 1e-3 for a flow singular at the data), over n_cell points per cell with
     (s, t) uniform in the cell, sorted so that s <= t, and x ~ p_s; the oracle runs in float64.
     Returns (values (grid, grid) with NaN below the diagonal, edges (grid + 1,))."""
-    t_max = 1.0 - 1e-3 if getattr(flow, "singular_at_data", False) else 1.0
+    t_max = data_end_time(flow)
     g = torch.Generator().manual_seed(seed)
     ii, jj = torch.triu_indices(grid, grid)
     cell = torch.arange(ii.numel()).repeat_interleave(n_cell)

@@ -25,10 +25,11 @@ from typing import Iterator
 import torch
 
 from ..core.validation import check_positive_int, check_tensor
+from ..flows.base import DATA_END_MARGIN
 
 F64 = torch.float64
 #: end time used instead of t = 1 for references whose data law is singular
-SINGULAR_T_MAX = 1.0 - 1e-3
+SINGULAR_T_MAX = 1.0 - DATA_END_MARGIN
 
 
 class NonFiniteOutput(ValueError):

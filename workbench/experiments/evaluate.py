@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..flows.base import data_end_time
 from ..training.build import DTYPES, build_model
 from ..training.checkpoint import load_latest
 from ..training.config import TrainConfig
@@ -161,7 +162,7 @@ def _oracle(model, flow, spec: EvalSpec, g: torch.Generator, device, errors: dic
     """RMS |x^(N)(x0) - X_{0,T}(x0)| per N, and the RMS one-jump map error on the triangle."""
     from ..diagnostics.metrics import sample_with_steps
 
-    t_max = 1.0 - 1e-3 if getattr(flow, "singular_at_data", False) else 1.0
+    t_max = data_end_time(flow)
     x0 = torch.randn(spec.n_map, flow.dim, generator=g, dtype=F64)
     exact = flow.flow_map(0.0, t_max, x0).to(device)
     x0 = x0.to(device)

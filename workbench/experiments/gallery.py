@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..flows.registry import FLOW_INFO, FLOW_NAMES, make_flow
+from ..flows.base import data_end_time
 
 FIELDS = ((0.0, 0.5), (0.5, 0.95))
 
@@ -22,7 +23,7 @@ def gallery_arrays(name: str, *, n_traj: int = 48, n_times: int = 41, grid_n: in
     """Arrays for one flow: times (T,), trajectories (T, n, d), fields per (s, t), data samples."""
     flow = make_flow(name)
     g = torch.Generator().manual_seed(seed)
-    t_end = 1.0 - 1e-3 if flow.singular_at_data else 1.0
+    t_end = data_end_time(flow)
     times = torch.linspace(0.0, t_end, n_times, dtype=torch.float64)
     x0 = flow.sample_marginal(0.0, n_traj, g)
     traj = [x0]  # step along the grid (semigroup): one integration for ODE-oracle flows

@@ -18,6 +18,16 @@ from ..core.validation import check_positive_int, check_state, value_checks_enab
 from .interpolants import Interpolant, get_interpolant
 
 
+#: how far short of t = 1 sampling and evaluation stop for flows singular at the data end
+DATA_END_MARGIN = 1e-3
+
+
+def data_end_time(flow: object) -> float:
+    """The last time at which one-step maps of ``flow`` are evaluated: 1, or 1 - DATA_END_MARGIN
+    when the flow is singular at the data end (atoms, circles: alpha_1 = 0)."""
+    return 1.0 - DATA_END_MARGIN if getattr(flow, "singular_at_data", False) else 1.0
+
+
 class AnalyticFlow:
     """Base of the analytic flows; see the module docstring."""
 

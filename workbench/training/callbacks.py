@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from ..flows.base import data_end_time
 from ..losses.base import ObjectiveResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,8 +133,7 @@ class FlowMapErrorCallback(Callback):
     def __init__(self, flow: Any, every: int = 100, n: int = 2048, seed: int = 0, t_max: float = 1.0) -> None:
         if not (hasattr(flow, "flow_map") and hasattr(flow, "sample_marginal")):
             raise TypeError(f"flow must provide flow_map and sample_marginal, got {type(flow).__name__}")
-        if getattr(flow, "singular_at_data", False) and t_max >= 1.0:
-            t_max = 1.0 - 1e-3
+        t_max = min(t_max, data_end_time(flow))
         self.flow, self.every, self.n, self.seed, self.t_max = flow, int(every), int(n), int(seed), float(t_max)
         self._eval: tuple[torch.Tensor, ...] | None = None
 
