@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np

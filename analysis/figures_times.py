@@ -98,7 +98,7 @@ def time_distribution(ts: TimeSamples, *, bins: int = 25):
     if law is not None:
         _pdf(ax_s, law.grid, law.s_pdf, law.s_atom, law.label, horizontal=False)
         _pdf(ax_t, law.grid, law.t_pdf, law.t_atom, law.label, horizontal=True)
-        if not law.diag_fraction == 0:  # (NaN: unknown share, the law of the diagonal time still holds)
+        if law.diag_fraction != 0:  # (NaN: unknown share, the law of the diagonal time still holds)
             _pdf(ax_d, law.grid, law.diag_pdf, None, law.label, horizontal=False)
     if not diag.any():
         ax_d.text(0.5, 0.5, "none", transform=ax_d.transAxes, ha="center", va="center", fontsize=7)

@@ -12,8 +12,8 @@ One function per figure, data in (frozen dataclasses of numpy arrays), matplotli
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np

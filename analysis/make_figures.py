@@ -34,9 +34,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -44,8 +44,18 @@ from .figures_maps import GapCurve, TimeGridMap, by_gap, samples_vs_steps, st_ma
 from .figures_times import time_distribution
 from .figures_training import steps_quality, training_curves
 from .gallery import GalleryPanel, flow_gallery
-from .loaders import (MAP_ERROR_LABEL, gap_curve_from_grid, load_grad_bins, load_map_errors, load_training_run,
-                      quality_from_evaluation, quality_from_metrics, read_config, run_kind, training_curves_of)
+from .loaders import (
+    MAP_ERROR_LABEL,
+    gap_curve_from_grid,
+    load_grad_bins,
+    load_map_errors,
+    load_training_run,
+    quality_from_evaluation,
+    quality_from_metrics,
+    read_config,
+    run_kind,
+    training_curves_of,
+)
 from .style import save_figure
 
 

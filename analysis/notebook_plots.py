@@ -17,8 +17,8 @@ in the house style (:mod:`analysis.style`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -131,7 +131,7 @@ g = torch.Generator().manual_seed(7)
 n_eval = 512 if SMOKE else 4000
 data = flow.sample_data(n_eval, g, dtype=torch.float32)
 print(f"{'objective':>13} {'map rmse':>9} {'ema rmse':>9} {'X01 rmse':>9} {'SW2 1-step':>10} {'skipped':>7}")
-for name, (res, model, ema) in results.items():
+for name, (res, model, _ema) in results.items():
     rows = [r for r in read_metrics(res.run_dir) if "oracle/map_rmse" in r]
     last = rows[-1]
     x1 = sample(model, n_eval, n_steps=1, generator=torch.Generator().manual_seed(8))

@@ -29,7 +29,6 @@
 import os
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from analysis.notebook_plots import detector_matrix, detector_table, sample_panels

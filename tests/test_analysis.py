@@ -13,24 +13,23 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.collections import QuadMesh  # noqa: E402
-from scipy import stats  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.collections import QuadMesh
+from scipy import stats
 
-from analysis import derived, loaders  # noqa: E402
-from analysis.figures_maps import (GapCurve, SampleGrid, TimeGridMap, by_gap, masked_map,  # noqa: E402
-                                   samples_vs_steps, st_maps)
-from analysis.figures_times import TimeSamples, time_distribution  # noqa: E402
-from analysis.figures_training import Event, TrainingCurves, steps_quality, training_curves  # noqa: E402
-from analysis.make_figures import Options, main, make_figures  # noqa: E402
-from workbench.core.tolerances import eps  # noqa: E402
-from workbench.diagnostics.metrics import StepsQuality  # noqa: E402
-from workbench.flows import GaussianFlow  # noqa: E402
-from workbench.losses.samplers import BetaPair, DiscreteGapSampler, LogitNormalPair, UniformTriangle  # noqa: E402
-from workbench.models import ExactFlowMap  # noqa: E402
+from analysis import derived, loaders
+from analysis.figures_maps import GapCurve, SampleGrid, TimeGridMap, by_gap, masked_map, samples_vs_steps, st_maps
+from analysis.figures_times import TimeSamples, time_distribution
+from analysis.figures_training import Event, TrainingCurves, steps_quality, training_curves
+from analysis.make_figures import Options, main, make_figures
+from workbench.core.tolerances import eps
+from workbench.diagnostics.metrics import StepsQuality
+from workbench.flows import GaussianFlow
+from workbench.losses.samplers import BetaPair, DiscreteGapSampler, LogitNormalPair, UniformTriangle
+from workbench.models import ExactFlowMap
 
 F64 = torch.float64
 

@@ -5,8 +5,8 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
-
 from ode_reference import rel_err_max, scipy_flow_map
+
 from workbench.core import ulps
 from workbench.flows import GaussianFlow, LinearInterpolant, PointMassFlow, TrigInterpolant
 from workbench.flows.identities import flow_jacobian

@@ -49,7 +49,7 @@ def test_checkerboard_realnvp_equals_the_forks_procedure():
     ours = Checkerboard("realnvp").sample(N, _gen(2), dtype=torch.float64).numpy()
     for k in range(2):
         assert stats.ks_2samp(ref[:, k], ours[:, k]).pvalue > P_MIN
-    cells = lambda a: np.floor((a + 4) / 2).astype(int) @ np.array([4, 1])  # noqa: E731
+    cells = lambda a: np.floor((a + 4) / 2).astype(int) @ np.array([4, 1])
     table = np.stack([np.bincount(cells(ref), minlength=16), np.bincount(cells(ours), minlength=16)])
     assert set(np.nonzero(table[0])[0]) == set(np.nonzero(table[1])[0])
     assert stats.chi2_contingency(table[:, table[0] > 0]).pvalue > P_MIN

@@ -63,7 +63,7 @@ def jacobian(m, s, t, x1):
 def r3_row(m, flow, n=32, seed=0):
     """The R3 columns of map m against the reference flow (all maps here are affine in x)."""
     g = torch.Generator().manual_seed(seed)
-    out = {k: 0.0 for k in ("X_tt", "semigroup", "tangent", "lagrangian", "eulerian", "marginal", "logdet")}
+    out = dict.fromkeys(("X_tt", "semigroup", "tangent", "lagrangian", "eulerian", "marginal", "logdet"), 0.0)
     for s0, t0 in PAIRS:
         x = flow.sample_marginal(s0, n, g)
         s, t = torch.full((n,), s0, dtype=F64), torch.full((n,), t0, dtype=F64)
@@ -187,7 +187,7 @@ def test_cholesky_tangent_vs_numpy(flow):
     """Pointwise tangent residual of the Cholesky transport: (L'_s L_s^{-1} - A_s)(x - m_s) with L'_s by a
     numpy central difference of np.linalg.cholesky and A_s = C'_s C_s^{-1} / 2 (digest b)."""
     m = cholesky_transport(flow)
-    C = lambda t: (1 - t) ** 2 * np.eye(2) + t**2 * SIGMA  # noqa: E731
+    C = lambda t: (1 - t) ** 2 * np.eye(2) + t**2 * SIGMA
     g = torch.Generator().manual_seed(3)
     largest = 0.0
     for s0 in (0.0, 0.3, 0.7, 0.95):
@@ -233,7 +233,7 @@ def test_guaranteed_properties_hold(interp):
 
 def r3_row_generic(m, f, n=16, seed=5):
     g = torch.Generator().manual_seed(seed)
-    res = {p: 0.0 for p in PROPERTIES}
+    res = dict.fromkeys(PROPERTIES, 0.0)
     for s0, t0 in PAIRS:
         x = f.sample_marginal(s0, n, g)
         s, t = torch.full((n,), s0, dtype=F64), torch.full((n,), t0, dtype=F64)
@@ -286,11 +286,11 @@ def test_specific_formulas(flow):
     assert np.allclose(euler_step(flow).flow_map(s, t, x).numpy(), xn + (t - s) * b, atol=1e-13, rtol=0)
     # wrong schedule = the trig Gaussian flow: C^{1/2} ratios with c_i = cos^2 + sin^2 lam_i
     lam, U = np.linalg.eigh(SIGMA)
-    c = lambda u: np.cos(np.pi * u / 2) ** 2 + np.sin(np.pi * u / 2) ** 2 * lam  # noqa: E731
+    c = lambda u: np.cos(np.pi * u / 2) ** 2 + np.sin(np.pi * u / 2) ** 2 * lam
     trig = np.sin(np.pi * t / 2) * MU + ((xn - np.sin(np.pi * s / 2) * MU) @ U * np.sqrt(c(t) / c(s))) @ U.T
     assert np.allclose(wrong_schedule(flow).flow_map(s, t, x).numpy(), trig, atol=1e-13, rtol=0)
     # other data: diag Sigma flows coordinatewise
-    ci = lambda u: (1 - u) ** 2 + u**2 * np.diag(SIGMA)  # noqa: E731
+    ci = lambda u: (1 - u) ** 2 + u**2 * np.diag(SIGMA)
     other = t * MU + (xn - s * MU) * np.sqrt(ci(t) / ci(s))
     assert np.allclose(other_data_flow(flow).flow_map(s, t, x).numpy(), other, atol=1e-13, rtol=0)
 

@@ -302,7 +302,7 @@ def test_mixture_derivatives_lagrangian_eulerian_density_ratio(ip):
 def test_mixture_log_prob_normalised_and_matches_scipy(ip):
     flow = Mixture1DFlow(**MIX, interpolant=ip)
     for t in [0.0, 0.5, 0.95, 1.0]:
-        dens = lambda v: float(flow.log_prob(t, torch.tensor([[v]], dtype=F64)).exp())  # noqa: E731
+        dens = lambda v: float(flow.log_prob(t, torch.tensor([[v]], dtype=F64)).exp())
         total = quad(dens, -np.inf, np.inf, points=None, epsabs=0, epsrel=1e-13, limit=200)[0]
         assert abs(total - 1.0) < ulps(F64, 1e3)
         x = torch.linspace(-8, 8, 81, dtype=F64)[:, None]
@@ -455,7 +455,7 @@ def test_rings_radial_cdf_vs_scipy_ncx2_and_normalisation(ip):
         # Boost's ncx2 is accurate to ~2e-15 relative (digest R2); 1e-12 leaves room for both
         assert np.abs(np.expm1(log_G.numpy()[ok] - np.log(G_ref[ok]))).max() < 1e-12
         assert np.abs(np.expm1(log_S.numpy()[ok] - np.log(S_ref[ok]))).max() < 1e-12
-        radial = lambda v: 2 * math.pi * v * float(flow.log_prob(t, torch.tensor([[v, 0.0]], dtype=F64)).exp())  # noqa: E731
+        radial = lambda v: 2 * math.pi * v * float(flow.log_prob(t, torch.tensor([[v, 0.0]], dtype=F64)).exp())
         pts = sorted({ab(ip, t)[1] * R for R in RINGS["radii"]})
         total = quad(radial, 0, 12, points=pts, epsabs=0, epsrel=1e-13, limit=400)[0]
         assert abs(total - 1.0) < ulps(F64, 1e3)

@@ -64,7 +64,7 @@ class NumpyMixture:
         top = logits.max(1, keepdims=True)
         logp = top[:, 0] + np.log(np.exp(logits - top).sum(1))
         r = np.exp(logits - logp[:, None])
-        mix = lambda parts: np.einsum("bk,kbd->bd", r, np.stack(parts))  # noqa: E731
+        mix = lambda parts: np.einsum("bk,kbd->bd", r, np.stack(parts))
         return logp, mix(drift), mix(post_mean), -mix(neg_score)
 
     def velocity(self, u, x):
@@ -75,7 +75,7 @@ class NumpyMixture:
         if s == t:
             return x.copy()
         B = x.shape[0]
-        rhs = lambda u, y: self.velocity(u, y.reshape(B, self.d)).ravel()  # noqa: E731
+        rhs = lambda u, y: self.velocity(u, y.reshape(B, self.d)).ravel()
         sol = solve_ivp(rhs, (s, t), x.ravel(), method="DOP853", rtol=1e-13, atol=1e-13)
         assert sol.success
         return sol.y[:, -1].reshape(B, self.d)

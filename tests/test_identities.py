@@ -11,7 +11,7 @@ oracle's documented accuracy instead of round-off.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -27,7 +27,7 @@ ODE_FLOWS = {"gmm_3", "gmm_8"}
 ORACLE_TOL = 1e-9  # the ODE oracle's accuracy at its default tolerance (issue 2), relative
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_flow(name: str, ip: str):
     return make_flow(name, ip)
 

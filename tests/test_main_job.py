@@ -14,10 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.experiments import jobs
+from workbench.experiments import jobs, main_job
 from workbench.experiments.evaluate import EVALUATION_FILE, EvalSpec, evaluate_model, read_evaluation
-from workbench.experiments import main_job
-from workbench.experiments.main_job import BUDGETS, DATASETS, METHODS, dataset_config, main, make_job, run_plan, run_state
+from workbench.experiments.main_job import (
+    BUDGETS,
+    DATASETS,
+    METHODS,
+    dataset_config,
+    main,
+    make_job,
+    run_plan,
+    run_state,
+)
 from workbench.experiments.report import METRIC_TITLES, format_number
 from workbench.flows.registry import make_flow
 from workbench.losses import OBJECTIVES

@@ -128,7 +128,7 @@ def test_mmd_vs_numpy_and_median_heuristic():
     med = np.median(pdist(np.concatenate([X[:1000], Y[:1000]])))
     assert abs(median_distance(x, y) - med) < TOL * med
     hs = [f * med for f in (0.25, 0.5, 1.0, 2.0, 4.0)]
-    k = lambda D: sum(np.exp(-D**2 / (2 * h * h)) for h in hs)  # noqa: E731
+    k = lambda D: sum(np.exp(-D**2 / (2 * h * h)) for h in hs)
     Kxx, Kyy, Kxy = k(cdist(X, X)), k(cdist(Y, Y)), k(cdist(X, Y))
     n, m = len(X), len(Y)
     u = (Kxx.sum() - np.trace(Kxx)) / (n * (n - 1)) + (Kyy.sum() - np.trace(Kyy)) / (m * (m - 1)) - 2 * Kxy.mean()

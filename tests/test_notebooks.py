@@ -2,7 +2,6 @@
 end to end in SMOKE mode under a time budget."""
 
 import os
-import sys
 from pathlib import Path
 
 import jupytext

@@ -2,9 +2,9 @@
 mirrors it, CI runs the README's test command, and the required top level exists."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 

@@ -23,8 +23,8 @@ import torch
 from .core.validation import check_positive_int, check_state
 
 __all__ = [
-    "AdaptiveSample",
     "ODE_METHODS",
+    "AdaptiveSample",
     "flow_map_trajectory",
     "sample",
     "sample_flow_map",

@@ -11,11 +11,11 @@ Times broadcast from a Python float, a 0-d tensor or a (batch,) tensor; x is (ba
 
 from __future__ import annotations
 
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
-TimeLike = Union[float, int, torch.Tensor]
+TimeLike = float | int | torch.Tensor
 
 
 @runtime_checkable

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -82,3 +82,55 @@ def check_probability_vector(w: torch.Tensor, name: str = "weights") -> torch.Te
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"{name} must sum to 1, got sum {total!r}; normalise with w / w.sum()")
     return w
+
+
+# -- the mixed-dtype rule ---------------------------------------------------------------------------------
+# A neural model computes in the dtype of its parameters. A tensor argument of another floating dtype is
+# REFUSED at the entry (TypeError naming the argument and both dtypes, with the cast that fixes it), never
+# silently cast: a float64 oracle point fed to a float32 network would otherwise lose precision unseen, and
+# a float32 point fed to a float64 network would return float64 where the caller expects its own dtype.
+def check_dtype_matches(x: torch.Tensor, name: str, dtype: torch.dtype, owner: str = "the model's parameters") -> torch.Tensor:
+    """x must have ``dtype`` (the dtype ``owner`` computes in): TypeError naming ``name`` otherwise."""
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but {owner} are {dtype}; cast one of them: "
+            f"{name}.to({dtype}) or model.to({x.dtype})"
+        )
+    return x
+
+
+def check_floating_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
+    """dtype must be a floating torch.dtype (float16, bfloat16, float32, float64)."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype such as torch.float32, got {type(dtype).__name__} {dtype!r}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating dtype (float32 or float64), got {dtype}")
+    return dtype
+
+
+def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
+    """generator must be None or a torch.Generator (an int seed is refused with the fix)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = f"; for a seed use torch.Generator().manual_seed({generator!r})" if isinstance(generator, int) else ""
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}{hint}")
+    return generator
+
+
+def check_device(device: object, name: str = "device") -> torch.device:
+    """device must name a device torch knows and this machine has ('cpu', 'cuda', 'cuda:1', 'mps', a
+    torch.device); ValueError naming ``name`` otherwise (e.g. 'cuda' without CUDA, 'gpu0')."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a str or torch.device such as 'cpu' or 'cuda', got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{name} {device!r} is not a device torch knows (expected 'cpu', 'cuda', 'cuda:N', "
+                         f"'mps'): {str(err).splitlines()[0]}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {device!r} needs CUDA, which this machine does not have; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"{name} {device!r} needs Apple MPS, which this machine does not have; use 'cpu'")
+    return dev

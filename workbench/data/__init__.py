@@ -6,7 +6,7 @@ config.json stores); ``DATA`` lists the names.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .toy import Checkerboard, DataSource, EightGaussians, FlowData, Rings, TwoMoons
 

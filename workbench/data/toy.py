@@ -14,7 +14,7 @@ All samplers are procedural torch code (no sklearn at run time), draw every rand
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -74,7 +74,7 @@ class Checkerboard:
     (B25's ``rescale`` = the empirical data std), exposed as ``std``.
     """
 
-    VARIANTS = {"unit": 1.0, "realnvp": 4.0}
+    VARIANTS: ClassVar[dict[str, float]] = {"unit": 1.0, "realnvp": 4.0}
 
     def __init__(self, variant: str = "realnvp", *, n_squares: int = 4, half_width: float | None = None) -> None:
         if variant not in self.VARIANTS:

@@ -32,14 +32,23 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from ..training import Callback, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, StepRecord, TrainConfig
-from ..training import TrainContext, Trainer
+from ..training import (
+    Callback,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    StepRecord,
+    TrainConfig,
+    TrainContext,
+    Trainer,
+)
 from .signals import TrainingSignalsCallback
 
 DEFAULT_OBJECTIVES = ("fm", "lsd", "isd")
@@ -172,7 +181,7 @@ def run_overhead_benchmark(
     means: dict[str, dict[bool, list[float]]] = {n: {False: [], True: []} for n in names}
     singles: dict[str, dict[bool, list[float]]] = {n: {False: [], True: []} for n in names}
     inside: dict[str, list[float]] = {n: [] for n in names}
-    same = {n: True for n in names}
+    same = dict.fromkeys(names, True)
     errors: dict[str, str] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

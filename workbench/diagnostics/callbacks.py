@@ -24,9 +24,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ class PeriodicDiagnosticsCallback(Callback):
         return s, t, x, ref, ii, jj, cell
 
     @torch.no_grad()
-    def _map_errors(self, model: torch.nn.Module, ctx: TrainContext) -> "_GridError":
+    def _map_errors(self, model: torch.nn.Module, ctx: TrainContext) -> _GridError:
         s, t, x, ref, ii, jj, cell = self._eval
         dtype = ctx.dtype
         with evaluating(model):

@@ -14,7 +14,7 @@ non-finite numbers stored as ``None``. Rows without a key are simply not part of
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 

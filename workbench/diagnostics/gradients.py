@@ -16,8 +16,8 @@ folded into a NaN norm.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -230,7 +230,7 @@ class Bins:
     def mean(self) -> torch.Tensor:
         return torch.where(self.count > 0, self.sum / self.count.clamp_min(1), torch.full_like(self.sum, math.nan))
 
-    def merge(self, other: "Bins") -> "Bins":
+    def merge(self, other: Bins) -> Bins:
         if len(self.edges) != len(other.edges) or not all(torch.equal(a, b) for a, b in zip(self.edges, other.edges)):
             raise ValueError("can only merge bins with identical edges")
         return Bins(self.edges, self.sum + other.sum, self.count + other.count, self.nonfinite + other.nonfinite)

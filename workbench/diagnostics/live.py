@@ -28,8 +28,9 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -228,7 +229,7 @@ class LivePlot:
         """Whether figures go anywhere (False outside a kernel with ``sink="auto"``)."""
         return self.sink is not None
 
-    def callback(self, label: str, every: int = 10) -> "LivePlotCallback":
+    def callback(self, label: str, every: int = 10) -> LivePlotCallback:
         """A trainer callback that feeds this plot under ``label`` and redraws every ``every`` steps."""
         return LivePlotCallback(self, label, every=every)
 

@@ -14,8 +14,8 @@ their device in their dtype (float64 recommended) and returns a Python float:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch

@@ -25,7 +25,7 @@ class _Observed:
     per_sample: dict[str, torch.Tensor]
 
     @staticmethod
-    def of(record: StepRecord) -> "_Observed":
+    def of(record: StepRecord) -> _Observed:
         per = {"loss": record.result.loss.detach().reshape(-1)}
         per.update({f"aux/{k}": v.detach().reshape(-1) for k, v in record.result.aux.items()
                     if v.is_floating_point() and v.numel()})
@@ -80,7 +80,7 @@ class TrainingSignalsCallback(Callback):
         window, self._window = self._window, []
         return self._summary(window)
 
-    def _summary(self, window: list["_Observed"]) -> dict[str, float]:
+    def _summary(self, window: list[_Observed]) -> dict[str, float]:
         out: dict[str, float] = {}
         grads = [r.grad_norm for r in window if math.isfinite(r.grad_norm)]
         if grads:

@@ -18,8 +18,8 @@ import copy
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -105,7 +105,7 @@ def run_benchmark(
             try:
                 for _ in range(warmup):
                     steps[name]()
-            except Exception as err:  # noqa: BLE001 - report and keep benchmarking the others
+            except Exception as err:
                 errors[name] = f"{type(err).__name__}: {err}"
         timed = [n for n in names if n not in errors]
         times: dict[str, list[float]] = {n: [] for n in timed}

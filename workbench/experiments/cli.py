@@ -19,8 +19,8 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from ..training.config import TrainConfig, apply_overrides, config_keys
 
@@ -89,7 +89,7 @@ def stop_on_signals(trainer) -> Iterator[list[int]]:
         for s, h in previous.items():
             signal.signal(s, h)
 
-    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+    def handler(signum, frame):
         received.append(signum)
         trainer.request_stop(f"received {signal.Signals(signum).name}")
         restore()

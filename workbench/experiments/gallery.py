@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..flows.registry import FLOW_INFO, FLOW_NAMES, make_flow
 from ..flows.base import data_end_time
+from ..flows.registry import FLOW_INFO, FLOW_NAMES, make_flow
 
 FIELDS = ((0.0, 0.5), (0.5, 0.95))
 

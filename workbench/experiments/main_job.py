@@ -214,7 +214,7 @@ def make_all_figures(plan: MainPlan, run_dirs: list[Path], out: Path) -> tuple[l
     return [Path(p) for p in paths], notes
 
 
-def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
@@ -247,7 +247,7 @@ def figures_stage(plan: MainPlan, gallery: Path, run_dirs: list[Path], out: Path
     try:
         paths, more = make_all_figures(plan, [gallery, *drawn], out)
         return paths, notes + more
-    except Exception as err:  # noqa: BLE001 - keep going: the report says what happened
+    except Exception as err:
         print(f"error while making the figures of the training runs: {err}", file=sys.stderr)
         notes.append(f"the figures of the training runs could not be made ({type(err).__name__}: {err})")
     paths, more = make_all_figures(plan, [gallery], out)

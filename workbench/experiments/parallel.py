@@ -14,9 +14,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue as queue_mod
 import sys
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -81,7 +81,7 @@ def run_jobs(jobs: Sequence[dict], names: Sequence[str], *, workers: int = 2, th
                 for fut in done:
                     try:
                         res = fut.result()
-                    except Exception as err:  # noqa: BLE001 - one failed run must not sink the others
+                    except Exception as err:
                         res = {"run": name_of[fut], "status": "failed", "error": f"{type(err).__name__}: {err}"}
                         log(f"[{index.get(name_of[fut], 0):>2}/{n}] {name_of[fut]}: FAILED ({res['error']})")
                     results.append(res)
@@ -99,7 +99,7 @@ def run_jobs(jobs: Sequence[dict], names: Sequence[str], *, workers: int = 2, th
                 if not fut.cancelled():
                     try:
                         results.append(fut.result())
-                    except Exception as err:  # noqa: BLE001 - report and go on stopping
+                    except Exception as err:
                         log(f"a worker failed while stopping: {err}")
         finally:
             drain()

@@ -1,7 +1,7 @@
 """Interpolants and analytic flows, each shipping its own oracle."""
 
-from .base import AnalyticFlow
 from . import degenerate
+from .base import AnalyticFlow
 from .degenerate import DegenerateMap, degenerate_maps
 from .gaussian import GaussianFlow
 from .gmm import GaussianMixtureFlow
@@ -22,28 +22,28 @@ from .rings import RingsFlow
 __all__ = [
     "FLOW_INFO",
     "FLOW_NAMES",
+    "INTERPOLANTS",
     "AnalyticFlow",
     "DegenerateMap",
     "GaussianFlow",
     "GaussianMixtureFlow",
     "GaussianMixtureParameters",
+    "InterpolantSample",
+    "LinearInterpolant",
     "Mixture1DFlow",
-    "ProductFlow",
-    "RingsFlow",
     "ODESolution",
     "ODESolverError",
     "ODEStats",
+    "PointMassFlow",
+    "ProductFlow",
+    "RingsFlow",
+    "TrigInterpolant",
     "default_tolerances",
     "degenerate",
     "degenerate_maps",
+    "get_interpolant",
     "make_flow",
     "odeint_flow",
     "solve_flow",
     "velocity_jacobian",
-    "INTERPOLANTS",
-    "InterpolantSample",
-    "LinearInterpolant",
-    "PointMassFlow",
-    "TrigInterpolant",
-    "get_interpolant",
 ]

@@ -8,7 +8,7 @@ times and follow the dtype and device of x. Concrete flows are not subclassed ag
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -16,7 +16,6 @@ from ..core.times import broadcast_time, expand_as_state
 from ..core.tolerances import eps
 from ..core.validation import check_positive_int, check_state, value_checks_enabled
 from .interpolants import Interpolant, get_interpolant
-
 
 #: how far short of t = 1 sampling and evaluation stop for flows singular at the data end
 DATA_END_MARGIN = 1e-3

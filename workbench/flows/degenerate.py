@@ -36,7 +36,7 @@ average velocity near the diagonal.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

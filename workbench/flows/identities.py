@@ -19,8 +19,8 @@ References: analytic_flows.md G2 and section 4 (P1-P8); B25 digest section 1.3-1
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -29,7 +29,7 @@ a start time); X_{s,1} is still defined (it sends intervals onto the atoms, deri
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -34,8 +34,8 @@ velocity); the oracle never returns NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

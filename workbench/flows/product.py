@@ -15,8 +15,8 @@ The law is also a d-D Gaussian mixture with K_1 K_2 ... K_d components
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from .base import AnalyticFlow
 
@@ -31,10 +31,10 @@ def _gaussian_2d(ip):
 
 
 def _gaussian_5d(ip):
-    from .gaussian import GaussianFlow
-
     # a fixed, well-conditioned covariance built from a rotation of diagonal scales
     import torch
+
+    from .gaussian import GaussianFlow
 
     g = torch.Generator().manual_seed(5)
     Q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=g))

@@ -16,9 +16,9 @@ torch closed forms in :mod:`workbench.flows.point_mass` and :mod:`workbench.flow
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import sympy as sp
 
@@ -60,13 +60,13 @@ def _solve_affine(velocity: Callable[[sp.Symbol, sp.Expr], sp.Expr], mean_path: 
     return mean_path + growth * (x0 - mean_path.subs(t, s))
 
 
-@lru_cache(maxsize=None)
+@cache
 def derive_point_mass_flow_map() -> sp.Expr:
     """X_{s,t}(x0) for the point mass, derived by dsolve (expected: beta_t a + alpha_t/alpha_s (x0 - beta_s a))."""
     return _solve_affine(point_mass_velocity, beta(t) * a)
 
 
-@lru_cache(maxsize=None)
+@cache
 def derive_gaussian_flow_map() -> sp.Expr:
     """X_{s,t}(x0) along one eigen-direction (expected: beta_t mu + sqrt(c_t/c_s)(x0 - beta_s mu))."""
     return _solve_affine(gaussian_velocity, beta(t) * mu)

@@ -24,7 +24,7 @@ evaluations run under :func:`workbench.core.value_checks_disabled` (the caller v
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -16,8 +16,8 @@ raw per-sample loss to the loss actually minimised.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

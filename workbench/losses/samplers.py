@@ -35,9 +35,9 @@ from ..core.validation import check_positive_int
 from .base import TimeBatch
 
 __all__ = [
+    "INTERMEDIATES",
     "BetaPair",
     "DiscreteGapSampler",
-    "INTERMEDIATES",
     "LogitNormalPair",
     "Midpoint",
     "UniformIntermediate",
@@ -300,7 +300,7 @@ def n_diagonal(n: int, diag_fraction: float) -> int:
     check_fraction(diag_fraction, "diag_fraction")
     if diag_fraction == 0:
         return 0
-    return min(n, max(1, int(math.floor(n * diag_fraction * (1 + 1e-9)))))
+    return min(n, max(1, math.floor(n * diag_fraction * (1 + 1e-9))))
 
 
 def check_fraction(value: object, name: str) -> float:

@@ -11,7 +11,7 @@ it, and that the expected gradient d/d eps of a loss vanishes at the truth (eps 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -18,9 +18,10 @@ changes the training trajectory and resumed runs stay bit-identical.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -70,11 +71,11 @@ class TrainContext:
         ema: dict[float, torch.nn.Module],
         objective: Any,
         optimizer: torch.optim.Optimizer,
-        config: "TrainConfig",
+        config: TrainConfig,
         run_dir: Path,
         device: torch.device,
         dtype: torch.dtype,
-        data: "DataSource",
+        data: DataSource,
         generator: torch.Generator,
         logger: Callable[[dict, int], None],
         step: int = 0,

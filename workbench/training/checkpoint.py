@@ -87,7 +87,7 @@ def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu") -
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
             return load_checkpoint(path, map_location)
-        except Exception as err:  # noqa: BLE001 - any unreadable file falls back to an older one
+        except Exception as err:
             warnings.warn(f"checkpoint {path} (step {step}) is unreadable ({err}); trying an older one", stacklevel=2)
     return None
 

@@ -12,9 +12,10 @@ import dataclasses
 import json
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 CONFIG_FILE = "config.json"
 
@@ -190,7 +191,7 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         return _from_dict(cls, d, "")
 
     def save(self, run_dir: str | Path) -> Path:
@@ -199,7 +200,7 @@ class TrainConfig:
         return path
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "TrainConfig":
+    def load(cls, run_dir: str | Path) -> TrainConfig:
         path = Path(run_dir)
         path = path / CONFIG_FILE if path.is_dir() else path
         if not path.is_file():
@@ -288,7 +289,7 @@ def config_keys() -> list[str]:
 
 def _resolve_key(key: str) -> str:
     known = config_keys()
-    if key in known or key.split(".")[0] in _OPEN and "." in key:
+    if key in known or (key.split(".")[0] in _OPEN and "." in key):
         return key
     matches = [k for k in known if k.split(".")[-1] == key]
     if len(matches) == 1:

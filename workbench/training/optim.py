@@ -7,7 +7,7 @@ schedule lr(k) = lr0 / sqrt(max(k / T, 1)) with T = 35,000 (constant, then inver
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

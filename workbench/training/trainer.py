@@ -22,9 +22,10 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -137,7 +138,7 @@ class Trainer:
         self._metrics: MetricsLog | None = None
 
     @classmethod
-    def resume(cls, run_dir: str | Path, **kwargs: Any) -> "Trainer":
+    def resume(cls, run_dir: str | Path, **kwargs: Any) -> Trainer:
         """Rebuild the run from its config.json and continue from its newest readable checkpoint
         (from step 0 if it has none); metrics.jsonl lines past that step are dropped."""
         return cls(TrainConfig.load(run_dir), run_dir, resume=True, **kwargs)
