@@ -1,6 +1,6 @@
 """Samplers: N-step flow-map sampling and ODE sampling of a diagonal velocity.
 
-* Flow-map sampling on a time grid 0 = t_0 < t_1 < ... < t_N = 1 (B25 digest 2.3):
+* Flow-map sampling on a time grid 0 = t_0 < t_1 < ... < t_N = 1 (B25 sec. 2.3):
   x_{k+1} = X_{t_k, t_{k+1}}(x_k), x_0 ~ N(0, I). For the exact flow map every grid gives the
   exact X_{0,1}(x_0) (semigroup X_{u,t} o X_{s,u} = X_{s,t}); a learned map drifts with N.
 * ODE sampling of dx/dt = b_t(x) with b_t = ``flow.velocity(t, x)`` (for a model, its diagonal
@@ -72,12 +72,31 @@ def flow_map_trajectory(model, x0: torch.Tensor, n_steps: int | None = None, gri
     return torch.stack(xs)
 
 
-def sample_flow_map(model, x0: torch.Tensor, n_steps: int | None = None, grid: object = None) -> torch.Tensor:
-    """x_N of N-step flow-map sampling from ``x0`` (shape of x0); uniform grid from ``n_steps``."""
+def sample_flow_map(model, x0: torch.Tensor, n_steps: int | None = None, grid: object = None, *,
+                    on_nonfinite: str = "raise") -> torch.Tensor:
+    """x_N of N-step flow-map sampling x_{k+1} = X_{t_k, t_{k+1}}(x_k) from ``x0`` (shape of x0);
+    uniform grid t_k = k / N from ``n_steps``, or the given ``grid``. The one N-step sampler of the
+    project (metrics, evaluation and figures call it).
+
+    ``on_nonfinite``: "raise" (default) lets the model's own input check refuse a state that turned
+    NaN / inf; "nan" stops each sample whose state turns non-finite (a diverged model overflowing)
+    and returns it as NaN, so that one bad sample does not fail the whole batch."""
+    if on_nonfinite not in ("raise", "nan"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'nan', got {on_nonfinite!r}")
     g = _grid_for(x0, n_steps, grid)
-    x = x0
+    if on_nonfinite == "raise":
+        x = x0
+        for k in range(g.numel() - 1):
+            x = model.flow_map(g[k], g[k + 1], x)
+        return x
+    x = x0.clone()
+    alive = torch.isfinite(x.flatten(1)).all(dim=1)
     for k in range(g.numel() - 1):
-        x = model.flow_map(g[k], g[k + 1], x)
+        if not bool(alive.any()):
+            break
+        x[alive] = model.flow_map(g[k], g[k + 1], x[alive])
+        alive &= torch.isfinite(x.flatten(1)).all(dim=1)
+    x[~alive] = torch.nan
     return x
 
 
