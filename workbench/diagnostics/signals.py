@@ -1,5 +1,6 @@
 """The cheap per-step diagnostics: :class:`TrainingSignalsCallback` reads every step's ``StepRecord``
-(no extra forward or backward pass) and logs window summaries (K26 digest section 4, "instrumentation").
+(no extra forward or backward pass) and logs window summaries: the global gradient norm, the per-term
+losses, the tangent and residual norms and the non-finite counts whose growth precedes a divergence (D9).
 Re-exported by :mod:`workbench.diagnostics.callbacks`."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from ..training.callbacks import Callback, StepRecord, TrainContext
-from .detectors_base import F64
+from .detectors.base import F64
 
 
 @dataclass(frozen=True)
