@@ -184,6 +184,11 @@ DETECTOR_FUNCTIONS: dict[str, Callable[..., DetectorReport]] = {s.function.__nam
 
 
 # -- the catalogue -------------------------------------------------------------------------------------
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table; a ``|`` inside a cell (e.g. E[x1 | I_s = x]) is escaped."""
+    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+
+
 def _needs_words(spec: DetectorSpec) -> str:
     if spec.level == "gate":
         return "model and/or history"
@@ -194,7 +199,7 @@ def detector_table(specs: Sequence[DetectorSpec] = DETECTOR_SPECS) -> str:
     """Markdown table of the detectors: name, code, level, needs, what it detects."""
     rows = [("detector", "code", "level", "needs", "detects"), ("---",) * 5]
     rows += [(f"`{s.name}`", s.code or "-", s.level, _needs_words(s), s.detects) for s in specs]
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    return _table(rows)
 
 
 def code_table(specs: Sequence[DetectorSpec] = DETECTOR_SPECS) -> str:
@@ -203,7 +208,7 @@ def code_table(specs: Sequence[DetectorSpec] = DETECTOR_SPECS) -> str:
     for code, (title, text) in CODES.items():
         names = ", ".join(f"`{s.name}`" for s in specs if s.code == code) or "none yet"
         rows.append((code, title, text, names))
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    return _table(rows)
 
 
 def _markdown_docstring(fn: Callable) -> str:
