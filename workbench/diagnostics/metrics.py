@@ -250,7 +250,7 @@ class DiagonalAgreement:
 
 def map_vs_own_ode(model: object, x: torch.Tensor, s: float = 0.0, t: float = 1.0, *,
                    n_steps: int = 64) -> DiagonalAgreement:
-    """Agreement of the one-step map with the ODE of its own diagonal (K26 D3 detector).
+    """Agreement of the one-step map with the ODE of its own diagonal (used by the D3 detector, ``detect_wrong_field``).
 
     A self-consistent map of a wrong field agrees (small), an inconsistent map (e.g. one Euler step)
     does not; compare with the true map separately. RK4 with ``n_steps`` steps, no gradients.

@@ -43,7 +43,8 @@ class TrainingSignalsCallback(Callback):
 
     * ``grad_norm`` (last step), ``grad_norm_max`` and ``grad_norm_mean`` over the window (finite values);
     * ``terms/<name>``: window mean of the per-step term means;
-    * ``loss_p50``, ``loss_p90``, ``loss_max``: per-sample loss quantiles over the window (K26 G8);
+    * ``loss_p50``, ``loss_p90``, ``loss_max``: per-sample loss quantiles over the window (heavy tails:
+      a few samples dominating the batch gradient);
     * ``aux/<name>_mean``, ``aux/<name>_max`` over the finite entries of each ``result.aux`` tensor
       (tangent / target / residual norms, weights), ``aux/<name>_nonfinite`` when some are not finite;
     * ``n_nonfinite_grad`` (window), ``nonfinite_grad_total``, ``skipped_total``, ``clipped_frac``

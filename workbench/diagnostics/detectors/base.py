@@ -42,8 +42,8 @@ class DetectorReport:
 
     name: detector name (e.g. ``"identity"``); fired: whether the degeneracy was detected;
     statistic: the scale-free number compared with ``threshold`` (NaN only when the detector does not
-    apply, which ``evidence`` then says); evidence: plain words with the numbers; code: the K26
-    catalogue entry ("D1" ... "D9", "" for detectors outside it); fires_above: the detector fires
+    apply, which ``evidence`` then says); evidence: plain words with the numbers; code: the
+    catalogue entry ("D1" ... "D9" of ``docs/detectors.md``, "" for detectors outside it); fires_above: the detector fires
     when statistic > threshold (True) or statistic < threshold (False), possibly with extra
     conditions named in the evidence.
     """
