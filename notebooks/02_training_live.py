@@ -39,13 +39,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from analysis.notebook_plots import live_curves, sample_panels
-from workbench.diagnostics import Probe, diagnose, format_diagnosis, sliced_wasserstein2
+from workbench.diagnostics import FlowMapErrorCallback, Probe, diagnose, format_diagnosis, sliced_wasserstein2
 from workbench.diagnostics.live import LivePlot
 from workbench.flows.registry import make_flow
 from workbench.sampling import sample
 from workbench.training import (
     DataConfig,
-    FlowMapErrorCallback,
     ModelConfig,
     ObjectiveConfig,
     OptimConfig,

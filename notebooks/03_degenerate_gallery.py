@@ -11,11 +11,12 @@
 # %% [markdown]
 # # 3. A gallery of degenerate solutions, and how each detector sees them
 #
-# Flow-map objectives have fixed points that are not the flow (K26 sec. 3): the identity map
-# (D1), collapse onto a point or one trajectory (D2, D4), a self-consistent map of the wrong
-# velocity field (D3), one-step maps that break the semigroup (D5), fast time oscillations (D7).
-# `workbench.flows.degenerate` builds each of them *exactly* around an analytic flow (table R3 of
-# the analytic-flows digest), and each one implements the flow contract, so it can be handed to
+# Flow-map objectives have fixed points that are not the flow (K26 analyses how training falls into
+# them; the codes D1-D9 are catalogued in `docs/detectors.md`): the identity map (D1), collapse onto
+# a point or one trajectory (D2, D4), a self-consistent map of the wrong velocity field (D3),
+# one-step maps that break the semigroup (D5), fast time oscillations (D7).
+# `workbench.flows.degenerate` builds each of them *exactly* around an analytic flow (closed forms
+# in its module docstring), and each one implements the flow contract, so it can be handed to
 # `diagnose` as if it were a trained network. Here we look at
 #
 # 1. which flow-map identities each map satisfies (residuals in float64),
@@ -34,6 +35,7 @@ import torch
 from analysis.notebook_plots import detector_matrix, detector_table, sample_panels
 from workbench.diagnostics import DETECTORS, MAP_DETECTORS, Probe, diagnose, format_diagnosis
 from workbench.flows import identities as idn
+from workbench.flows.base import data_end_time
 from workbench.flows.degenerate import degenerate_maps
 from workbench.flows.registry import FLOW_INFO, make_flow
 from workbench.models import ExactFlowMap
@@ -103,8 +105,9 @@ for name in FLOWS:
 
 # %% [markdown]
 # ## 3. What the samples look like
-# One-step samples $X_{0,1}(x_0)$, $x_0 \sim N(0, I)$ (blue), over data samples (grey), with the
-# detectors that fired. Some degenerate maps are invisible here — the time-warped flow has the
+# One-step samples $X_{0,T}(x_0)$, $x_0 \sim N(0, I)$ (blue), over data samples (grey), with the
+# detectors that fired; $T$ is `data_end_time(flow)`: 1, or just short of it for data with atoms.
+# Some degenerate maps are invisible here — the time-warped flow has the
 # exact endpoint map, the Cholesky transport the exact marginals — which is why the detectors look
 # at the diagonal, the intermediate times and the coupling, not only at samples.
 
@@ -112,7 +115,7 @@ for name in FLOWS:
 for name in FLOWS:
     res = results[name]
     flow = res["flow"]
-    T = 1.0 - 1e-3 if getattr(flow, "singular_at_data", False) else 1.0
+    T = data_end_time(flow)
     g = torch.Generator().manual_seed(2)
     n = 500 if SMOKE else 2000
     x0 = torch.randn(n, flow.dim, generator=g, dtype=torch.float64)

@@ -11,16 +11,16 @@
 # %% [markdown]
 # # 4. Gradient norms: what theory predicts, what training shows
 #
-# The stabilising-CT digest (K26 sec. 4) predicts where per-sample gradient norms blow up. Write the
-# per-sample loss as $\lambda\, d(F, \mathrm{sg}\,T)$ with residual $r = F - T$ and parameter
+# A short analysis of the per-sample gradient predicts where its norm blows up (the instability of
+# consistency training that K26 studies). Write the per-sample loss as $\lambda\, d(F, \mathrm{sg}\,T)$ with residual $r = F - T$ and parameter
 # Jacobian $J = \nabla_\theta F$; the per-sample gradient is $g = \lambda\, J^\top \partial_r d$.
 # This notebook measures $|g|$ on the workbench's own objectives and prints each **fitted**
 # exponent or bound next to the **predicted** one:
 #
-# 1. **G1, discrete CT against the gap** $\Delta$, for $\lambda \in \{1, 1/\Delta, 1/\Delta^2\}$,
+# 1. **discrete CT against the gap** $\Delta$, for $\lambda \in \{1, 1/\Delta, 1/\Delta^2\}$,
 #    with the squared distance and with pseudo-Huber, on the exact map and on an MLP;
 # 2. the same scaling in the **batch gradient norm the trainer logs**;
-# 3. **G3, LSD against ESD** over $(s, t)$: heat maps of per-sample norms, and the extra gradient
+# 3. **LSD against ESD** (B25's Lagrangian and Eulerian self-distillation) over $(s, t)$: heat maps of per-sample norms, and the extra gradient
 #    that flows through ESD's spatial Jacobian;
 # 4. the **adaptive-weighting bound** $|\partial \mathcal{L} / \partial F| \le 1/\sqrt{c}$.
 #
@@ -72,7 +72,7 @@ def fixed_times(s: torch.Tensor, t: torch.Tensor) -> TimeBatch:
 
 
 # %% [markdown]
-# ## 1. Discrete CT: the gradient against the gap (K26 G1)
+# ## 1. Discrete CT: the gradient against the gap
 #
 # CT's target is one Euler step along the conditional velocity, $x_u = I_s + \Delta\, \dot I_s$,
 # so even at the exact map the residual is $r \approx -\Delta\, \nabla X\, (\dot I_s - b_s(I_s))
@@ -87,7 +87,7 @@ def fixed_times(s: torch.Tensor, t: torch.Tensor) -> TimeBatch:
 # The next order, $\tfrac12 \Delta^2 \ddot f$, bends the curves at the largest gaps, so the fit over
 # the small gaps alone sits closer to the prediction. Pseudo-Huber normalises the residual
 # ($|\partial_r d| < 1$), which is exactly what an $O(1)$ noise floor $\xi$ (EMA teacher,
-# dropout, bf16) does to the squared distance: its column is the digest's "noise part" (it holds
+# dropout, bf16) does to the squared distance: its column is the prediction for a residual dominated by such noise (it holds
 # while the residual is much larger than $c$, here $0.00054\sqrt{2}$). Two models: the exact flow
 # map of a 2-D Gaussian moved by one parameter $\varepsilon$ along a fixed direction
 # (`PerturbedFlowMap` at $\varepsilon = 0$, so the model *is* the truth and
@@ -167,7 +167,7 @@ for lam, (_, p) in LAMBDAS.items():
     print(f"{lam:>15} {logged[lam, D1]:22.4g} {logged[lam, D2]:9.4g} {fitted:9.3f} {p:11.0f}")
 
 # %% [markdown]
-# ## 3. LSD against ESD over $(s, t)$ (K26 G3)
+# ## 3. LSD against ESD over $(s, t)$
 # Both residuals vanish linearly as $t - s \to 0$ for a smooth map (at $t = s$,
 # $\partial_t X = v_{s,s}$ and $\partial_s X = -v_{s,s}$, $\nabla X = I$), so per-sample gradients
 # should grow like $(t - s)^1$ at small gaps. ESD's residual carries the spatial Jacobian,
@@ -227,7 +227,8 @@ print(f"median ESD (full) / LSD: {np.median(norms['ESD, sg full'] / norms['LSD']
 # ## 4. The adaptive-weighting bound
 # Adaptive weighting divides each sample's loss by $\mathrm{sg}(\ell + c)^p$. With the squared
 # distance $\ell = |r|^2$ and $p = 1$, $|\partial \mathcal{L}/\partial F| = 2|r| / (|r|^2 + c)
-# \le 1/\sqrt{c}$, with equality at $|r| = \sqrt{c}$ (K26 G3), so $|g| \le |J| / \sqrt{c}$.
+# \le 1/\sqrt{c}$, with equality at $|r| = \sqrt{c}$ (the maximum of $2a / (a^2 + c)$ over $a \ge 0$),
+# so $|g| \le |J| / \sqrt{c}$.
 # Measured on CT ($\lambda = 1$) at the exact map over gaps that sweep $|r|$ through $\sqrt{c}$:
 # the derivative from the objective's own `aux` (`weight` = $\partial\mathcal{L}/\partial\ell$,
 # times $2|r|$), and the parameter gradient by autograd against $|J|$.

@@ -430,8 +430,9 @@ def test_oracle_map_error_of_a_shifted_exact_map_is_the_shift():
 
 # -- make_figures end to end ---------------------------------------------------------------------------------
 def _real_run(rd: Path) -> None:
+    from workbench.diagnostics import FlowMapErrorCallback
     from workbench.experiments.presets import get_presets
-    from workbench.training import FlowMapErrorCallback, Trainer, apply_overrides
+    from workbench.training import Trainer, apply_overrides
 
     cfg = apply_overrides(get_presets()["gauss2d-lsd"].config, {
         "steps": "6", "log_every": "2", "batch_size": "64", "hidden": "16", "depth": "2", "checkpoint_every": "0",

@@ -1,6 +1,6 @@
 """Degenerate-solution detectors: each FIRES on its constructed degenerate map and stays QUIET on the
 exact map, in 1-D (mixture1d), 2-D (gaussian_2d; gmm_8 for modes) and 5-D (gaussian_5d; a 5-D
-mixture for modes). Degenerate maps come from workbench.flows.degenerate (table R3) plus three
+mixture for modes). Degenerate maps come from workbench.flows.degenerate (closed forms) plus three
 constructions of this file: a mode-averaging blend of the flow with the denoiser step, a 1-D
 "quantile rotation" (right marginals, wrong coupling) and a NaN map. Where a statistic has a closed
 form it is checked against an independent computation (numpy / exact algebra / Monte Carlo).
@@ -16,7 +16,11 @@ import pytest
 import torch
 
 from workbench.diagnostics import (
+    DETECTOR_SPECS,
+    DETECTORS,
+    MAP_DETECTORS,
     DetectorReport,
+    DetectorSpec,
     Probe,
     detect_boundary,
     detect_collapse,
@@ -30,10 +34,13 @@ from workbench.diagnostics import (
     detect_time_oscillation,
     detect_wrong_coupling,
     detect_wrong_field,
+    diagnose,
     energy_distance,
 )
+from workbench.diagnostics.detectors import CODES, SPECS_BY_NAME, catalogue_markdown, detector_table
 from workbench.flows import GaussianMixtureFlow, make_flow
 from workbench.flows import degenerate as dg
+from workbench.flows.base import DATA_END_MARGIN, data_end_time
 from workbench.models import ExactFlowMap
 
 F64 = torch.float64
@@ -168,7 +175,7 @@ def test_quiet_on_the_exact_map(name, d):
 
 @pytest.mark.parametrize("d", ["2d", "5d"])
 def test_cholesky_is_invisible_to_sample_detectors(d):
-    """Right marginals (digest section 5, lesson 3): only the coupling detector sees the Cholesky map."""
+    """Right marginals and boundary and semigroup intact: only the coupling detector sees the Cholesky map."""
     p, chol = probe(d), dg.cholesky_transport(FLOWS[d])
     assert detect_wrong_coupling(chol, probe=p).fired
     for fn in (detect_identity, detect_collapse, detect_denoiser_collapse, detect_mode_averaging,
@@ -328,3 +335,96 @@ def test_bad_inputs():
         detect_grad_explosion("metrics.jsonl")
     with pytest.raises(ValueError, match="history="):
         detect_noise_floor_stall(exact, reference=FLOWS["2d"])
+    with pytest.raises(TypeError, match=r"reference must implement the Flow contract .*'sample_data'"):
+        Probe(2, reference=ExactFlowMap(FLOWS["2d"]))
+    with pytest.raises(TypeError, match="probe must be a Probe"):
+        diagnose(exact, probe="probe")
+
+
+def test_one_step_end_time_is_the_flows_data_end_time():
+    """The probe's T is flows.base.data_end_time of the reference: 1 - DATA_END_MARGIN for data with
+    atoms (singular at t = 1), 1 otherwise and without a reference."""
+    for name in ("point_mass_2d", "rings", "gaussian_2d"):
+        flow = make_flow(name)
+        expected = 1.0 - DATA_END_MARGIN if flow.singular_at_data else 1.0
+        assert Probe(flow.dim, reference=flow, n=8).T == data_end_time(flow) == expected
+    assert Probe(2, data=torch.randn(8, 2, dtype=F64), n=4).T == 1.0
+
+
+# -- the registry -----------------------------------------------------------------------------------
+def test_every_registered_detector_is_listed_exported_and_reached_by_diagnose():
+    import workbench.diagnostics as diagnostics
+    import workbench.diagnostics.detectors as detectors
+
+    names = [s.name for s in DETECTOR_SPECS]
+    assert len(set(names)) == len(names) and list(DETECTORS) == names
+    assert tuple(s.name for s in DETECTOR_SPECS if s.level == "map") == MAP_DETECTORS
+    for spec in DETECTOR_SPECS:
+        assert DETECTORS[spec.name] == (spec.function, spec.code, spec.needs)
+        fn = spec.function.__name__
+        assert fn == f"detect_{spec.name}"
+        for package in (diagnostics, detectors):
+            assert getattr(package, fn) is spec.function and fn in package.__all__, (package.__name__, fn)
+        assert spec.code == "" or spec.code in CODES
+    # with every input given, diagnose runs every registered detector, the gate first
+    flow = FLOWS["2d"]
+    history = [{"step": k, "loss": 1.0, "grad_norm": 1.0} for k in range(1, 40)]
+    reports = diagnose(ExactFlowMap(flow), reference=flow, history=history, n=64)
+    assert sorted(r.name for r in reports) == sorted(names)
+    assert reports[0].name == next(s.name for s in DETECTOR_SPECS if s.level == "gate")
+    assert [r.code for r in reports] == [SPECS_BY_NAME[r.name].code for r in reports]
+
+
+def test_a_new_registry_line_is_all_diagnose_needs(monkeypatch):
+    """Adding a detector is one function plus one registry line: diagnose dispatches from the registry."""
+    import sys
+
+    from workbench.diagnostics.detectors.base import report
+
+    calls = []
+
+    def detect_always(model, *, probe=None):
+        calls.append(probe)
+        return report("always", "D7", 1.0, 0.5, True, "registered for the test")
+
+    spec = DetectorSpec("always", detect_always, "D7", frozenset(), "map", "a test detector")
+    module = sys.modules["workbench.diagnostics.diagnose"]
+    monkeypatch.setattr(module, "DETECTOR_SPECS", (*module.DETECTOR_SPECS, spec))
+    reports = diagnose(ExactFlowMap(FLOWS["2d"]), n=32)
+    assert reports[-1].name == "always" and reports[-1].fired and len(calls) == 1
+    assert isinstance(calls[0], Probe)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"function": detect_boundary}, "named detect_x"),
+    ({"code": "D10"}, "code"),
+    ({"needs": frozenset({"teacher"})}, "needs"),
+    ({"level": "step"}, "level"),
+    ({"level": "history"}, "'history' in needs"),
+    ({"detects": ""}, "detects"),
+    ({"name": "Bad Name"}, "snake_case"),
+])
+def test_detector_spec_refuses_malformed_entries(change, message):
+    def detect_x(model, *, probe=None):
+        return None
+
+    fields = {"name": "x", "function": detect_x, "code": "D1", "needs": frozenset(), "level": "map", "detects": "x"}
+    with pytest.raises(ValueError, match=message):
+        DetectorSpec(**{**fields, **change})
+
+
+def test_catalogue_in_docs_matches_the_registry():
+    """docs/detectors.md is generated from the registry (python -m workbench.diagnostics.detectors) and
+    cannot drift from it: every code D1-D9, every detector with its code and its docstring."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "detectors.md"
+    text = catalogue_markdown()
+    assert path.read_text(encoding="utf-8") == text, (
+        "docs/detectors.md is out of date: run `python -m workbench.diagnostics.detectors > docs/detectors.md`")
+    assert list(CODES) == [f"D{k}" for k in range(1, 10)]
+    for code in CODES:
+        assert f"\n| {code} | " in text
+    for spec in DETECTOR_SPECS:
+        assert f"| `{spec.name}` | {spec.code or '-'} | {spec.level} |" in detector_table()
+        assert spec.function.__doc__.strip().splitlines()[0].replace("``", "`") in text

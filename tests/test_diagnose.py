@@ -1,5 +1,5 @@
 """diagnose(): runs exactly the detectors its inputs allow, returns the right set of fired detectors on the
-degenerate maps of table R3 (analytic_flows.md section 5) and none on the exact map, in 1-D, 2-D and 5-D;
+constructed degenerate maps of workbench.flows.degenerate and none on the exact map, in 1-D, 2-D and 5-D;
 format_diagnosis names what fired."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SAMPLE_ONLY = {"identity", "boundary", "collapse", "denoiser_collapse", "mode_av
                "time_oscillation"}
 MODEL_ONLY = {"boundary", "step_inconsistency", "time_oscillation"}
 
-# what the physics of each map of table R3 says must fire (and nothing else), on gaussian_2d / gaussian_5d
+# what the physics of each constructed degenerate map says must fire (and nothing else), on gaussian_2d / gaussian_5d
 EXPECTED = {
     "identity": {"identity", "wrong_field", "mode_averaging"},  # the flow of b = 0, samples stay noise
     "trajectory_collapse": {"boundary", "collapse", "denoiser_collapse"},

@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +21,17 @@ import torch
 from workbench.data import FlowData
 from workbench.diagnostics import (
     DiagnosisCallback,
+    FlowMapErrorCallback,
     PeriodicDiagnosticsCallback,
     TrainingSignalsCallback,
     per_sample_grad_norms,
 )
 from workbench.flows import degenerate as dg
 from workbench.flows import make_flow
+from workbench.flows.base import DATA_END_MARGIN, data_end_time
 from workbench.losses.base import ObjectiveResult, TimeBatch
 from workbench.models import ExactFlowMap, make_mlp_flow_map
+from workbench.rundir import RunDir
 from workbench.training import (
     DataConfig,
     ModelConfig,
@@ -158,7 +164,7 @@ def test_periodic_gradients_match_vmap_per_sample(tmp_path):
     x1 = flow.sample_data(24, replay, dtype=F64)
     x0, s, t = ToyObjective.draw(x1, replay)
     norms = per_sample_grad_norms(model, ToyObjective.loss_fn, x1, x0, s, t).detach().numpy()
-    with np.load(tmp_path / "diagnostics" / "grad_bins.npz") as z:
+    with np.load(RunDir(tmp_path).grad_bins) as z:
         st_sum, st_count, gap_sum = z["st_sum"][-1], z["st_count"][-1], z["gap_sum"][-1]
         assert list(z["steps"]) == [5] and z["s_edges"].shape == (5,)
     ref_sum, _, _ = np.histogram2d(s.numpy(), t.numpy(), bins=4, range=[[0, 1], [0, 1]], weights=norms)
@@ -220,7 +226,7 @@ def test_map_error_grid_exact_and_identity(tmp_path):
                                          n_samples=64)
         cb.on_train_start(ctx)
         out = cb.on_step_end(ctx, None)
-        with np.load(run / "diagnostics" / "map_error.npz") as z:
+        with np.load(RunDir(run).map_error()) as z:
             rmse, spread = z["rmse"][-1], z["spread"]
         upper = np.triu(np.ones((4, 4), dtype=bool))
         assert np.isnan(rmse[~upper]).all() and np.isfinite(rmse[upper]).all() and (spread[upper] > 0).all()
@@ -261,7 +267,7 @@ def test_periodic_reports_nonfinite_outputs_instead_of_stopping(tmp_path):
     s, t, *_ = cb._eval
     assert math.isnan(out["periodic/map_rmse"]) and out["periodic/map_nonfinite"] == int((t > 0.5).sum()) > 0
     assert out["quality/nonfinite"] == 1 and not any(k.startswith("quality/energy") for k in out)
-    with np.load(tmp_path / "diagnostics" / "map_error.npz") as z:
+    with np.load(RunDir(tmp_path).map_error()) as z:
         assert np.isfinite(z["rmse"][-1][0, 0]) and np.isnan(z["rmse"][-1][0, 3])  # cells with t <= 0.25 vs t > 0.75
 
 
@@ -291,26 +297,138 @@ def test_tiny_training_run_writes_every_file(tmp_path):
     assert [r["step"] for r in periodic] == [4, 8]
     assert all("periodic/map_rmse" in r and "periodic/ema0.9/map_rmse" in r and "quality/energy/2" in r
                for r in periodic)
-    for name in ("grad_bins.npz", "map_error.npz", "map_error_ema0.9.npz"):
-        assert (run / "diagnostics" / name).is_file()
-    with np.load(run / "diagnostics" / "grad_bins.npz") as z:
+    rd = RunDir(run)
+    for path in (rd.grad_bins, rd.map_error(), rd.map_error("ema0.9"), rd.first_fired):
+        assert path.is_file(), path
+    with np.load(rd.grad_bins) as z:
         assert z["st_sum"].shape == (2, 4, 4) and list(z["steps"]) == [4, 8]
         assert z["st_count"].sum(axis=(1, 2)).tolist() == [8, 8]
-    doc = json.loads((run / "diagnosis.json").read_text())
+    doc = json.loads(rd.diagnosis_json.read_text())
     assert set(doc["models"]) == {"model", "ema0.9"}
-    # zero-initialised network = the identity map (K26 D1), still there after 8 small steps
+    # zero-initialised network = the identity map (D1), still there after 8 small steps
     assert "identity" in doc["models"]["model"]["fired"]
     assert doc["first_fired"]["identity"] == 4
     assert any(r["step"] == 4 and r.get("diagnosis/identity_fired") == 1.0 for r in rows)
-    md = (run / "diagnosis.md").read_text()
+    md = rd.diagnosis_md.read_text()
     assert "FIRED identity [D1]" in md and "first fired at step" in md
     assert not math.isnan(doc["models"]["model"]["reports"][1]["statistic"])
 
     # resume from the step-4 checkpoint: the npz slices and first-fired steps continue, not duplicate
-    (run / "checkpoints" / "step-000000008.pt").unlink()
+    rd.checkpoint(8).unlink()
     assert Trainer.resume(run, callbacks=callbacks()).fit().status == "completed"
-    with np.load(run / "diagnostics" / "grad_bins.npz") as z:
+    with np.load(rd.grad_bins) as z:
         assert list(z["steps"]) == [4, 8]
-    with np.load(run / "diagnostics" / "map_error.npz") as z:
+    with np.load(rd.map_error()) as z:
         assert list(z["steps"]) == [4, 8] and z["rmse"].shape == (2, 3, 3)
-    assert json.loads((run / "diagnosis.json").read_text())["first_fired"]["identity"] == 4
+    assert json.loads(rd.diagnosis_json.read_text())["first_fired"]["identity"] == 4
+
+
+def test_every_file_goes_through_the_run_dirs_atomic_writer(tmp_path, monkeypatch):
+    """Each file the diagnostic callbacks write is written by workbench.rundir.atomic_write (temporary
+    file, fsync, rename) at the path RunDir names, never by a writer of their own."""
+    import workbench.rundir as rundir
+
+    written = []
+    real = rundir.atomic_write
+
+    def recording(path, write):
+        written.append(Path(path))
+        return real(path, write)
+
+    monkeypatch.setattr(rundir, "atomic_write", recording)
+    flow = make_flow("gaussian_2d")
+    torch.manual_seed(0)
+    model = make_mlp_flow_map(2, hidden=8, depth=1).to(F64)
+    ctx = make_ctx(tmp_path, model, flow)
+    ctx.ema = {0.9: dg.identity_map(flow)}
+    periodic = PeriodicDiagnosticsCallback(every=1, reference=flow, n_grad=8, bins=2, grid=2, n_cell=4, steps=(),
+                                           include_ema=True)
+    diagnosis = DiagnosisCallback(every=1, reference=flow, n=32)
+    for cb in (periodic, diagnosis):
+        cb.on_train_start(ctx)
+        cb.on_step_end(ctx, None)
+    diagnosis.on_train_end(ctx)
+    rd = RunDir(tmp_path)
+    on_disk = {p for p in tmp_path.rglob("*") if p.is_file()}
+    expected = {rd.grad_bins, rd.map_error(), rd.map_error("ema0.9"), rd.diagnosis_json, rd.diagnosis_md}
+    assert expected <= on_disk and rd.first_fired in on_disk  # the zero-ish MLP fires some detector
+    assert on_disk <= set(written), on_disk - set(written)
+
+
+def test_an_unreadable_first_fired_record_is_reported_and_ignored(tmp_path):
+    flow = make_flow("gaussian_2d")
+    ctx = make_ctx(tmp_path, ExactFlowMap(flow), flow, step=5)
+    path = RunDir(tmp_path).first_fired
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00\xff{torn")
+    cb = DiagnosisCallback(reference=flow, n=16)
+    with pytest.warns(UserWarning, match=path.name):
+        cb.on_train_start(ctx)
+    assert cb.first_fired == {}
+    path.write_text('{"identity": "four"}')
+    with pytest.warns(UserWarning, match="int steps"):
+        cb.on_train_start(ctx)
+    # a readable record keeps what an earlier session saw up to the resumed step, no warning
+    path.write_text('{"identity": 4, "collapse": 7}')
+    cb.on_train_start(ctx)
+    assert cb.first_fired == {"identity": 4}
+
+
+# -- the oracle error (FlowMapErrorCallback) ------------------------------------------------------------
+class Shifted(torch.nn.Module):
+    """The exact map plus a constant shift c: its RMS error against the oracle is |c| exactly."""
+
+    def __init__(self, flow, c):
+        super().__init__()
+        self.exact, self.dim = ExactFlowMap(flow), flow.dim
+        self.c = torch.nn.Parameter(torch.as_tensor(c, dtype=F64))
+
+    def flow_map(self, s, t, x):
+        return self.exact.flow_map(s, t, x) + self.c
+
+    def velocity(self, t, x):
+        return self.exact.velocity(t, x)
+
+
+def test_flow_map_error_callback_measures_the_oracle_distance(tmp_path):
+    flow = make_flow("gaussian_2d")
+    shift = torch.tensor([0.3, -0.4], dtype=F64)  # |c| = 0.5
+    model = Shifted(flow, shift)
+    model.train()
+    logged = []
+    ctx = make_ctx(tmp_path, model, flow, step=0)
+    ctx.ema = {0.9: ExactFlowMap(flow)}
+    ctx._logger = lambda metrics, step: logged.append((step, metrics))
+    cb = FlowMapErrorCallback(flow, every=1, n=64, seed=2)
+    cb.on_train_start(ctx)  # at step 0 the error at initialisation is logged
+    ((step, first),) = logged
+    tol = 1e-12
+    assert step == 0 and set(first) == {"oracle/map_rmse", "oracle/map01_rmse", "oracle/ema0.9/map_rmse",
+                                        "oracle/ema0.9/map01_rmse"}
+    assert abs(first["oracle/map_rmse"] - 0.5) < tol and abs(first["oracle/map01_rmse"] - 0.5) < tol
+    assert first["oracle/ema0.9/map_rmse"] < tol and first["oracle/ema0.9/map01_rmse"] < tol
+    assert model.training  # the mode is restored after evaluating
+    assert cb.on_step_end(ctx, None) == first  # the evaluation set is fixed
+    # the one-step map ends at the data end time of the flow
+    assert cb.t_max == 1.0 and FlowMapErrorCallback(flow, t_max=0.5).t_max == 0.5
+    rings = make_flow("rings")
+    assert FlowMapErrorCallback(rings).t_max == data_end_time(rings) == 1.0 - DATA_END_MARGIN
+
+
+def test_flow_map_error_callback_refuses_a_flow_without_the_contract():
+    with pytest.raises(TypeError, match=r"flow must implement the Flow contract.*'sample_marginal'"):
+        FlowMapErrorCallback(ExactFlowMap(make_flow("gaussian_2d")))
+    with pytest.raises(TypeError, match="flow must implement"):
+        FlowMapErrorCallback(object())
+
+
+def test_training_does_not_import_diagnostics():
+    """Layering: diagnostics reaches into training through callbacks, never the other way round, so
+    the oracle-error callback lives in workbench.diagnostics and training does not re-export it."""
+    code = ("import sys, workbench.training as t; "
+            "bad = sorted(m for m in sys.modules if m.startswith('workbench.diagnostics')); "
+            "assert not bad, bad; assert not hasattr(t, 'FlowMapErrorCallback')")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr

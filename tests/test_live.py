@@ -18,6 +18,7 @@ from workbench.diagnostics.live import (
     draw_metrics,
     in_ipython_kernel,
 )
+from workbench.rundir import RunDir
 from workbench.training import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, TrainConfig, Trainer, read_metrics
 
 GAUSS = DataConfig("gaussian", {"mean": [1.0, -0.5], "cov": [[0.5, 0.2], [0.2, 0.3]]})
@@ -125,7 +126,7 @@ def test_empty_plot_draws_and_default_panels():
 
 
 def test_metrics_tail_keeps_a_torn_line_for_later(tmp_path):
-    path = tmp_path / "metrics.jsonl"
+    path = RunDir(tmp_path).metrics
     lines = [json.dumps({"step": 1, "loss": 1.0}), json.dumps({"step": 2, "loss": 0.5}), '{"step": 3, "lo']
     path.write_text("\n".join(lines))
     tail = MetricsTail(tmp_path)
@@ -137,6 +138,23 @@ def test_metrics_tail_keeps_a_torn_line_for_later(tmp_path):
     tail.reset()
     assert len(tail.read_new()) == 3
     assert MetricsTail(tmp_path / "missing").read_new() == []
+
+
+def test_metrics_tail_skips_a_damaged_line_with_a_warning(tmp_path):
+    """A line that is not a JSON object (binary garbage, a hand edit) in the middle of the log is
+    skipped with a warning naming the file, as workbench.rundir.read_jsonl does; the plot goes on."""
+    path = RunDir(tmp_path).metrics
+    path.write_bytes(json.dumps({"step": 1, "loss": 1.0}).encode() + b"\n\x00\xff garbage\n"
+                     + json.dumps({"step": 3, "loss": 0.5}).encode() + b"\n")
+    tail = MetricsTail(tmp_path)
+    with pytest.warns(UserWarning, match=path.name):
+        rows = tail.read_new()
+    assert [r["step"] for r in rows] == [1, 3]
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": 4, "loss": 0.25}) + "\n")
+    with pytest.warns(UserWarning):
+        assert tail.read_new() == [{"step": 4, "loss": 0.25}]
+    assert tail.read_new() == []  # unchanged file: nothing new, nothing parsed
 
 
 def test_bad_inputs_name_the_argument():

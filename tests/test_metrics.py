@@ -26,7 +26,6 @@ from workbench.diagnostics.metrics import (
     mmd2,
     quality_vs_steps,
     rk4_flow,
-    sample_with_steps,
     sliced_wasserstein2,
     wasserstein2,
 )
@@ -244,13 +243,34 @@ def test_quality_vs_steps_refuses_nonfinite_samples(flow):
         quality_vs_steps(Diverged(), flow.sample_data(4, torch.Generator().manual_seed(1)), steps=(1,), n=4)
 
 
-def test_sample_with_steps_matches_manual_loop(flow):
-    m = euler_step(flow)
+def test_quality_vs_steps_samples_with_the_manual_loop_without_autograd(flow):
+    """The N-step samples behind quality_vs_steps are N Euler steps written out by hand, from the noise
+    drawn by the generator, and they are drawn without building an autograd graph."""
+
+    class Recording(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.dim, self.grad_enabled = euler_step(flow), 2, []
+            self.w = torch.nn.Parameter(torch.ones((), dtype=F64))
+
+        def flow_map(self, s, t, x):
+            self.grad_enabled.append(torch.is_grad_enabled())
+            return self.w * self.inner.flow_map(s, t, x)
+
+    model = Recording()
+    ref = flow.sample_data(16, torch.Generator().manual_seed(9))
+    q = quality_vs_steps(model, ref, steps=(1, 3), generator=torch.Generator().manual_seed(10), metrics=("energy",))
     x0 = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(10))
+    one = x0 + flow.velocity(0.0, x0)
     x = x0
     for k in range(3):
         x = x + (1 / 3) * flow.velocity(k / 3, x)
-    assert float((sample_with_steps(m, x0, 3) - x).abs().max()) < TOL
+    assert abs(q.drift[1] - float((x - one).pow(2).sum(1).mean().sqrt())) < TOL
+    assert abs(q.metrics["energy"][1] - energy_distance(ref, x)) < TOL
+    assert model.grad_enabled and not any(model.grad_enabled)
+    from workbench.diagnostics import metrics
+
+    assert not hasattr(metrics, "sample_with_steps")  # one N-step sampler: workbench.sampling.sample_flow_map
 
 
 def test_rk4_fourth_order(flow):

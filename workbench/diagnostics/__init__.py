@@ -1,31 +1,33 @@
 """Diagnostics: degenerate-solution detectors, ``diagnose``, sample metrics, theory references,
-gradient statistics and trainer callbacks. Reaches into training only through callbacks.
+gradient statistics and trainer callbacks. Reaches into training only through callbacks (training
+never imports diagnostics).
 
 Entry point: ``diagnose(model, reference=flow, data=samples, history=rows) -> list[DetectorReport]``
-and ``format_diagnosis(reports)``; see :mod:`.detectors` for the table of detectors (K26 D1-D9).
+and ``format_diagnosis(reports)``. The detectors live in the subpackage :mod:`.detectors`, listed
+once in its registry (``DETECTOR_SPECS``); their catalogue with the codes D1-D9 is
+``docs/detectors.md``. The cost of the per-step diagnostics is measured by
+``python -m workbench.diagnostics.overhead``.
 """
 
-from .callbacks import DiagnosisCallback, PeriodicDiagnosticsCallback, TrainingSignalsCallback, resolve_reference
+from . import detectors as _detectors
+from .callbacks import (
+    DiagnosisCallback,
+    FlowMapErrorCallback,
+    PeriodicDiagnosticsCallback,
+    TrainingSignalsCallback,
+    resolve_reference,
+)
 from .detectors import (
+    DETECTOR_SPECS,
     DETECTORS,
+    MAP_DETECTORS,
     DetectorReport,
+    DetectorSpec,
     NonFiniteOutput,
     Probe,
-    detect_boundary,
-    detect_collapse,
-    detect_denoiser_collapse,
-    detect_grad_explosion,
-    detect_identity,
-    detect_mode_averaging,
-    detect_noise_floor_stall,
-    detect_non_finite,
-    detect_step_inconsistency,
-    detect_time_oscillation,
-    detect_wrong_coupling,
-    detect_wrong_field,
     map_error,
 )
-from .diagnose import MAP_DETECTORS, diagnose, diagnosis_dict, format_diagnosis
+from .diagnose import diagnose, diagnosis_dict, format_diagnosis
 from .gradients import (
     Bins,
     GradientReport,
@@ -55,7 +57,6 @@ from .metrics import (
     mmd2,
     quality_vs_steps,
     rk4_flow,
-    sample_with_steps,
     sliced_wasserstein2,
     wasserstein2,
 )
@@ -68,14 +69,20 @@ from .theory import (
     mean_flow_matching_floor,
 )
 
-__all__ = [
+# the detect_* functions, one per registry entry (workbench.diagnostics.detectors.DETECTOR_FUNCTIONS)
+globals().update(_detectors.DETECTOR_FUNCTIONS)
+
+__all__ = [  # the static names, then the registry's detect_* functions
     "DETECTORS",
+    "DETECTOR_SPECS",
     "MAP_DETECTORS",
     "SAMPLE_METRICS",
     "Bins",
     "DetectorReport",
+    "DetectorSpec",
     "DiagnosisCallback",
     "DiagonalAgreement",
+    "FlowMapErrorCallback",
     "GradientReport",
     "LivePlot",
     "LivePlotCallback",
@@ -91,18 +98,6 @@ __all__ = [
     "count_nonfinite",
     "denoiser",
     "denoiser_from_velocity",
-    "detect_boundary",
-    "detect_collapse",
-    "detect_denoiser_collapse",
-    "detect_grad_explosion",
-    "detect_identity",
-    "detect_mode_averaging",
-    "detect_noise_floor_stall",
-    "detect_non_finite",
-    "detect_step_inconsistency",
-    "detect_time_oscillation",
-    "detect_wrong_coupling",
-    "detect_wrong_field",
     "diagnose",
     "diagnosis_dict",
     "draw_metrics",
@@ -126,9 +121,9 @@ __all__ = [
     "quality_vs_steps",
     "resolve_reference",
     "rk4_flow",
-    "sample_with_steps",
     "sliced_wasserstein2",
     "stored_gradients",
     "term_gradient_stats",
     "wasserstein2",
+    *_detectors.DETECTOR_FUNCTIONS,
 ]

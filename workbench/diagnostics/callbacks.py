@@ -1,16 +1,21 @@
-"""Trainer callbacks that instrument a run without changing it (K26 digest section 4, "instrumentation").
+"""Trainer callbacks that instrument a run without changing it.
 
+* :class:`FlowMapErrorCallback` (own cadence): the RMS distance of the model's flow map (and its
+  EMAs') to an analytic oracle on a fixed evaluation set, the learning curve of a toy run.
 * :class:`TrainingSignalsCallback` (cheap, every step): global gradient norm, per-term loss means,
   per-sample loss quantiles, non-finite counts, clipped / skipped steps and the objective's ``aux``
   diagnostics (tangent, target, residual norms: mean and max), all read off the ``StepRecord``.
 * :class:`PeriodicDiagnosticsCallback` (expensive, own cadence): per-term gradient norms and cosines,
   per-module gradient norms, per-sample gradient norms binned over (s, t) and over the gap t - s,
   the flow-map error against the oracle on an (s, t) grid when a reference flow is known, and
-  sample quality against the number of steps. Bin and grid arrays go to ``run_dir/diagnostics/*.npz``
-  (one slice per evaluation, for heat maps).
+  sample quality against the number of steps. Bin and grid arrays go to the run's diagnostics folder
+  (``RunDir.grad_bins``, ``RunDir.map_error(tag)``; one slice per evaluation, for heat maps).
 * :class:`DiagnosisCallback`: runs :func:`~workbench.diagnostics.diagnose` (optionally every
-  ``every`` steps, recording when each detector first fired) and at the end of training writes
-  ``run_dir/diagnosis.md`` and ``run_dir/diagnosis.json`` for the model and its EMAs.
+  ``every`` steps, recording when each detector first fired in ``RunDir.first_fired``) and at the
+  end of training writes ``RunDir.diagnosis_md`` and ``RunDir.diagnosis_json`` for the model and its EMAs.
+
+Every path comes from :class:`workbench.rundir.RunDir` and every file is written atomically by
+:mod:`workbench.rundir`, so a run killed mid-write leaves the previous file or none.
 
 Randomness comes only from ``ctx.generator`` / ``ctx.sample_batch`` (the callbacks' own stream), and
 gradients are taken with ``torch.autograd.grad`` (``.grad`` is never touched), so attaching these
@@ -20,9 +25,7 @@ callbacks leaves the training trajectory unchanged.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,22 +35,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.contract import Flow
+from ..flows.base import data_end_time
+from ..rundir import RunDir, atomic_write_json, atomic_write_text, read_json, read_jsonl, save_npz
 from ..training.callbacks import Callback, StepRecord, TrainContext
 from ..training.optim import scheduled_value
-from .detectors_base import F64, SINGULAR_T_MAX, NonFiniteOutput, Probe, evaluating
+from .detectors.base import F64, NonFiniteOutput, Probe, check_contract, evaluating
 from .signals import TrainingSignalsCallback
 
-DIAG_DIR = "diagnostics"
-
-__all__ = ["DiagnosisCallback", "PeriodicDiagnosticsCallback", "TrainingSignalsCallback", "resolve_reference"]
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to ``path`` atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+__all__ = ["DiagnosisCallback", "FlowMapErrorCallback", "PeriodicDiagnosticsCallback", "TrainingSignalsCallback",
+           "resolve_reference"]
 
 
 def _load_slices(path: Path, keys: Sequence[str], up_to: int) -> dict[str, list]:
@@ -88,6 +85,53 @@ def _models(ctx: TrainContext, include_ema: bool) -> list[tuple[str, torch.nn.Mo
     return out
 
 
+# -- the oracle error, a learning curve -----------------------------------------------------------------
+class FlowMapErrorCallback(Callback):
+    """Distance of the model's flow map to an analytic oracle on a fixed evaluation set.
+
+    flow: the analytic flow (:class:`workbench.core.contract.Flow` with ``sample_marginal``). At
+    ``on_train_start`` draws, from its own generator seeded by ``seed``, n pairs s <= t uniform on the
+    triangle (t capped at ``t_max`` and at :func:`workbench.flows.base.data_end_time` of the flow)
+    and x ~ p_s (``flow.sample_marginal``). Every ``every`` steps it logs, for the online model and
+    each EMA, the root-mean-square error ``sqrt(mean |X_hat_{s,t}(x) - X_{s,t}(x)|^2)`` (key
+    ``oracle/map_rmse``, EMA keys ``oracle/ema<rate>/map_rmse``) and the same for the one-step map
+    X_{0,t_max} from x0 ~ N(0, I) (``oracle/map01_rmse``), and at step 0 the same at initialisation.
+    The oracle is evaluated once, in float64; the evaluation set is then cast to the run's dtype.
+    """
+
+    def __init__(self, flow: Any, every: int = 100, n: int = 2048, seed: int = 0, t_max: float = 1.0) -> None:
+        check_contract(flow, Flow, "flow", also=("sample_marginal",))
+        t_max = min(t_max, data_end_time(flow))
+        self.flow, self.every, self.n, self.seed, self.t_max = flow, int(every), int(n), int(seed), float(t_max)
+        self._eval: tuple[torch.Tensor, ...] | None = None
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        st = torch.rand(self.n, 2, generator=g, dtype=F64).sort(dim=1).values * self.t_max
+        s, t = st[:, 0], st[:, 1]
+        x = self.flow.sample_marginal(s, self.n, g, dtype=F64)
+        x0 = torch.randn(self.n, self.flow.dim, generator=g, dtype=F64)
+        ref, ref01 = self.flow.flow_map(s, t, x), self.flow.flow_map(0.0, self.t_max, x0)
+        self._eval = tuple(v.to(device=ctx.device, dtype=ctx.dtype) for v in (s, t, x, ref, x0, ref01))
+        if ctx.step == 0:  # the error at initialisation, logged at step 0
+            ctx.log(self.on_step_end(ctx, None), 0)
+
+    @torch.no_grad()
+    def errors(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(RMSE over the triangle, RMSE of the one-step map) of ``model`` on the evaluation set."""
+        s, t, x, ref, x0, ref01 = self._eval
+        err = (model.flow_map(s, t, x).double() - ref.double()).pow(2).sum(-1).mean().sqrt()
+        err01 = (model.flow_map(0.0, self.t_max, x0).double() - ref01.double()).pow(2).sum(-1).mean().sqrt()
+        return float(err), float(err01)
+
+    def on_step_end(self, ctx: TrainContext, record: StepRecord | None) -> dict[str, float]:
+        out = {}
+        for tag, model in [("", ctx.model)] + [(f"ema{r}/", m) for r, m in ctx.ema.items()]:
+            with evaluating(model):
+                out[f"oracle/{tag}map_rmse"], out[f"oracle/{tag}map01_rmse"] = self.errors(model)
+        return out
+
+
 # -- expensive, periodic ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _GridError:
@@ -107,14 +151,14 @@ class PeriodicDiagnosticsCallback(Callback):
     its noise and times from ``ctx.generator``): ``grads/term/<name>`` |grad of each term's batch mean|,
     ``grads/cos/<a>|<b>`` their cosines, ``grads/total``, ``grads/module/<name>`` per-module norms, and
     per-sample norms |grad l_i| (one backward pass per sample) binned over (s, t) (``bins`` x ``bins``
-    cells of [0, 1]^2) and over the gap, saved to ``diagnostics/grad_bins.npz`` (arrays ``steps``,
+    cells of [0, 1]^2) and over the gap, saved to ``RunDir.grad_bins`` (arrays ``steps``,
     ``st_sum``, ``st_count``, ``gap_sum``, ``gap_count``, ``s_edges``, ``t_edges``, ``gap_edges``; one
     slice per evaluation; mean = sum / count).
 
     Flow-map error (when ``reference`` is a flow, or ``"auto"`` finds ``ctx.data.as_flow()``): on a
     ``grid`` x ``grid`` partition of s <= t, ``n_cell`` points per cell with (s, t) uniform in the cell
     and x ~ p_s, the oracle evaluated once at the start; the RMS error per cell goes to
-    ``diagnostics/map_error.npz`` (``steps``, ``rmse`` (k, grid, grid), NaN below the diagonal,
+    ``RunDir.map_error(tag)`` (``steps``, ``rmse`` (k, grid, grid), NaN below the diagonal,
     ``spread`` the reference RMS spread per cell, ``edges``), its overall RMS to ``periodic/map_rmse``
     (NaN, with ``periodic/map_nonfinite`` the number of points, when the model returns NaN / inf).
 
@@ -146,18 +190,16 @@ class PeriodicDiagnosticsCallback(Callback):
         self._eval = None
         if self._ref is not None:
             self._eval = self._grid_eval_set(self._ref)
-        folder = ctx.run_dir / DIAG_DIR
-        self._grad_hist = _load_slices(folder / "grad_bins.npz", ("steps", "st_sum", "st_count", "gap_sum", "gap_count"),
-                                       ctx.step)
+        rd = RunDir(ctx.run_dir)
+        self._grad_hist = _load_slices(rd.grad_bins, ("steps", "st_sum", "st_count", "gap_sum", "gap_count"), ctx.step)
         self._map_hist = {}
         for tag, _ in _models(ctx, self.include_ema):
-            name = "map_error.npz" if tag == "model" else f"map_error_{tag}.npz"
-            self._map_hist[tag] = _load_slices(folder / name, ("steps", "rmse"), ctx.step)
+            self._map_hist[tag] = _load_slices(rd.map_error(tag), ("steps", "rmse"), ctx.step)
 
     # -- (s, t) grid against the oracle ------------------------------------------------------------
     def _grid_eval_set(self, flow: object) -> tuple[torch.Tensor, ...]:
         G, m = self.grid, self.n_cell
-        t_max = SINGULAR_T_MAX if getattr(flow, "singular_at_data", False) else 1.0
+        t_max = data_end_time(flow)
         g = torch.Generator().manual_seed(self.seed)
         ii, jj = torch.triu_indices(G, G)  # cells i <= j (s-cell i, t-cell j)
         cell = torch.arange(ii.numel()).repeat_interleave(m)
@@ -221,7 +263,7 @@ class PeriodicDiagnosticsCallback(Callback):
         for k, v in (("steps", ctx.step), ("st_sum", st.sum.numpy()), ("st_count", st.count.numpy()),
                      ("gap_sum", gap.sum.numpy()), ("gap_count", gap.count.numpy())):
             h.setdefault(k, []).append(v)
-        _save_npz(ctx.run_dir / DIAG_DIR / "grad_bins.npz", {
+        save_npz(RunDir(ctx.run_dir).grad_bins, {
             **{k: np.asarray(v) for k, v in h.items()},
             "s_edges": st.edges[0].numpy(), "t_edges": st.edges[1].numpy(), "gap_edges": gap.edges[0].numpy()})
         out = {f"grads/term/{k}": v for k, v in stats.norms.items()}
@@ -242,8 +284,7 @@ class PeriodicDiagnosticsCallback(Callback):
                 h = self._map_hist.setdefault(tag, {})
                 h.setdefault("steps", []).append(ctx.step)
                 h.setdefault("rmse", []).append(e.rmse)
-                name = "map_error.npz" if tag == "model" else f"map_error_{tag}.npz"
-                _save_npz(ctx.run_dir / DIAG_DIR / name, {
+                save_npz(RunDir(ctx.run_dir).map_error(tag), {
                     "steps": np.asarray(h["steps"]), "rmse": np.stack(h["rmse"]), "spread": e.spread,
                     "edges": np.linspace(0.0, 1.0, self.grid + 1)})
                 key = "periodic/map_rmse" if tag == "model" else f"periodic/{tag}/map_rmse"
@@ -270,15 +311,17 @@ class PeriodicDiagnosticsCallback(Callback):
 
 # -- diagnosis ----------------------------------------------------------------------------------------
 class DiagnosisCallback(Callback):
-    """Run the degenerate-solution detectors and write ``diagnosis.md`` / ``diagnosis.json`` at the end.
+    """Run the degenerate-solution detectors and write the diagnosis (``RunDir.diagnosis_md`` for people,
+    ``RunDir.diagnosis_json`` for programs) at the end.
 
     reference: an analytic flow, ``"auto"`` (``ctx.data.as_flow()`` when it exists and matches the
     objective's interpolant) or None; every: run ``diagnose`` on the online model every ``every``
     steps (0: only at the end), logging ``diagnosis/<name>`` (the statistic) and
     ``diagnosis/<name>_fired`` (0 / 1) and recording the first step each detector fired; at the end
-    the model and (``include_ema``) each EMA are diagnosed with the training history read from
-    ``metrics.jsonl``. n: points per evaluation set; data: ``n`` samples from ``ctx.sample_batch``.
-    The first-fired steps are kept in ``diagnostics/first_fired.json`` so a resumed run keeps them.
+    the model and (``include_ema``) each EMA are diagnosed with the training history read from the
+    run's metrics log (``RunDir.metrics``). n: points per evaluation set; data: ``n`` samples from
+    ``ctx.sample_batch``. The first-fired steps are kept in ``RunDir.first_fired`` so a resumed run
+    keeps them (an unreadable file is reported with a warning and ignored).
     """
 
     def __init__(self, *, reference: object = "auto", every: int = 0, n: int = 512, include_ema: bool = True,
@@ -291,24 +334,30 @@ class DiagnosisCallback(Callback):
         self._probe: Probe | None = None
         self.first_fired: dict[str, int] = {}
 
-    def _first_fired_path(self, ctx: TrainContext) -> Path:
-        return ctx.run_dir / DIAG_DIR / "first_fired.json"
-
     def _note_fired(self, ctx: TrainContext, name: str) -> None:
         if name not in self.first_fired:
             self.first_fired[name] = ctx.step
-            path = self._first_fired_path(ctx)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.first_fired) + "\n")
+            atomic_write_json(RunDir(ctx.run_dir).first_fired, self.first_fired, indent=None)
+
+    @staticmethod
+    def _earlier_first_fired(path: Path, up_to: int) -> dict[str, int]:
+        """What an earlier session saw, up to the checkpoint's step; {} (with a warning naming the file
+        when it exists but cannot be read) otherwise."""
+        if not path.exists():
+            return {}
+        try:
+            earlier = read_json(path, expect=dict, what="first-fired record")
+            steps = {str(k): v for k, v in earlier.items()}
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in steps.values()):
+                raise ValueError(f"first-fired record {path} must map detector names to int steps, got {earlier!r}")
+        except ValueError as err:
+            warnings.warn(f"{err}; the first-fired steps start afresh", stacklevel=3)
+            return {}
+        return {k: v for k, v in steps.items() if v <= up_to}
 
     def on_train_start(self, ctx: TrainContext) -> None:
         self._ref = resolve_reference(self.reference, ctx)
-        self.first_fired = {}
-        try:  # a resumed run keeps what an earlier session saw (up to the checkpoint's step)
-            earlier = json.loads(self._first_fired_path(ctx).read_text())
-            self.first_fired = {k: int(v) for k, v in earlier.items() if int(v) <= ctx.step}
-        except (OSError, ValueError, AttributeError):
-            pass
+        self.first_fired = self._earlier_first_fired(RunDir(ctx.run_dir).first_fired, ctx.step)
         data = ctx.sample_batch(2 * self.n)
         self._probe = Probe(ctx.model.dim, reference=self._ref, data=data, n=self.n, device=ctx.device,
                             generator=torch.Generator(device=ctx.device).manual_seed(self.seed))
@@ -329,10 +378,10 @@ class DiagnosisCallback(Callback):
         return out
 
     def on_train_end(self, ctx: TrainContext) -> None:
-        from ..training.metrics import read_metrics
         from .diagnose import diagnosis_dict, format_diagnosis
 
-        history = read_metrics(ctx.run_dir)
+        rd = RunDir(ctx.run_dir)
+        history = read_jsonl(rd.metrics)
         doc: dict[str, Any] = {"step": ctx.step, "reference": None if self._ref is None else repr(self._ref),
                                "first_fired": dict(self.first_fired), "models": {}}
         md = [f"# Diagnosis at step {ctx.step}", "",
@@ -349,5 +398,5 @@ class DiagnosisCallback(Callback):
             md += ["## When (online model)", "", "| detector | first fired at step |", "| --- | --- |"]
             md += [f"| {k} | {v} |" for k, v in sorted(self.first_fired.items(), key=lambda kv: kv[1])]
             md.append("")
-        (ctx.run_dir / "diagnosis.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (ctx.run_dir / "diagnosis.md").write_text("\n".join(md))
+        atomic_write_json(rd.diagnosis_json, doc)
+        atomic_write_text(rd.diagnosis_md, "\n".join(md))

@@ -1,15 +1,20 @@
 """One call that runs every detector that applies: ``diagnose(model, reference=..., data=..., history=...)``.
 
-* always: ``non_finite`` (D9), ``boundary`` (D4), ``step_inconsistency`` (D5), ``time_oscillation`` (D7);
+The detectors and how each is called come from the registry
+(:data:`workbench.diagnostics.detectors.DETECTOR_SPECS`; the catalogue is ``docs/detectors.md``):
+
+* always: ``non_finite`` (D9, the gate), ``boundary`` (D4), ``step_inconsistency`` (D5),
+  ``time_oscillation`` (D7);
 * with ``data`` or ``reference`` (samples of the data law): ``identity`` (D1), ``collapse`` (D4),
   ``denoiser_collapse`` (D2), ``mode_averaging`` (D5);
 * with ``reference`` (an analytic flow, the oracle): also ``wrong_field`` (D3) and ``wrong_coupling``,
   and the reference-based forms of D1 / D2;
-* with ``history`` (metric dicts as in metrics.jsonl): ``grad_explosion`` (D9), the history part of
-  ``non_finite``, and with a reference too ``noise_floor_stall`` (D8).
+* with ``history`` (metric dicts as in the run's metrics log): ``grad_explosion`` (D9), the history
+  part of ``non_finite``, and with a reference too ``noise_floor_stall`` (D8).
 
-If the model returns NaN / inf on the probe noise only ``non_finite`` and the history detectors run
-(a statistic of a non-finite map means nothing). ``format_diagnosis`` renders the reports for people.
+If the model returns NaN / inf on the probe noise only ``non_finite`` and the history-only detectors
+run (a statistic of a non-finite map means nothing). ``format_diagnosis`` renders the reports for
+people, ``diagnosis_dict`` for JSON.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .detectors import DETECTORS, DetectorReport, NonFiniteOutput, Probe
-from .detectors_base import check_model, evaluating, model_dtype_device, not_applicable
-from .detectors_history import _probe_outputs, detect_grad_explosion, detect_noise_floor_stall, detect_non_finite
-
-#: the map-level detectors, in the order diagnose runs them
-MAP_DETECTORS = ("identity", "boundary", "collapse", "denoiser_collapse", "wrong_field", "wrong_coupling",
-                 "mode_averaging", "step_inconsistency", "time_oscillation")
+from .detectors.base import (
+    DetectorReport,
+    NonFiniteOutput,
+    Probe,
+    check_model,
+    evaluating,
+    model_dtype_device,
+    not_applicable,
+)
+from .detectors.history import nonfinite_outputs
+from .detectors.registry import DETECTOR_SPECS
 
 
 def diagnose(model: object, *, reference: object = None, data: torch.Tensor | None = None,
@@ -43,37 +52,34 @@ def diagnose(model: object, *, reference: object = None, data: torch.Tensor | No
     built from data without a reference (default linear); floor: the D8 loss floor (default: from
     the reference); probe: a prepared :class:`Probe` (shares cached oracle solves between calls;
     then reference / data / generator / n / interpolant are taken from it).
-    Returns ``non_finite`` first, then the map-level detectors, then the history ones.
+    Returns the gate ``non_finite`` first, then the other detectors in registry order (the map-level
+    ones, then the history-level ones).
     """
     dim = check_model(model)
     if probe is None:
         _, device = model_dtype_device(model)
         probe = Probe(dim, reference=reference, data=data, generator=generator, n=n, interpolant=interpolant,
                       device=device)
+    elif not isinstance(probe, Probe):
+        raise TypeError(f"probe must be a Probe, got {type(probe).__name__}")
     elif probe.dim != dim:
         raise ValueError(f"probe.dim {probe.dim} does not match the model's dim {dim}")
-    bad, _ = _probe_outputs(model, probe)
+    bad, _ = nonfinite_outputs(model, probe)
+    have = {"samples": probe.has_samples, "reference": probe.has_reference, "history": history is not None}
+    gate = next(spec for spec in DETECTOR_SPECS if spec.level == "gate")
     reports: list[DetectorReport] = []
     extra: list[str] = []
-    if bad == 0:
-        with evaluating(model):
-            for name in MAP_DETECTORS:
-                fn, code, needs = DETECTORS[name]
-                if ("reference" in needs and not probe.has_reference) or ("samples" in needs and not probe.has_samples):
-                    continue
-                try:
-                    reports.append(fn(model, probe=probe))
-                except NonFiniteOutput as err:
-                    extra.append(f"{name}: {err}")
-                    reports.append(not_applicable(name, code, math.nan, f"the model returned non-finite values ({err})"))
-    if history is not None:
-        reports.append(detect_grad_explosion(history))
-        if probe.has_reference and bad == 0:
+    with evaluating(model):
+        for spec in DETECTOR_SPECS:
+            if spec is gate or not spec.applies(**have) or (bad and spec.evaluates_model):
+                continue
             try:
-                reports.append(detect_noise_floor_stall(model, history=history, floor=floor, probe=probe))
+                reports.append(spec.run(model, probe=probe, history=history, floor=floor))
             except NonFiniteOutput as err:
-                extra.append(f"noise_floor_stall: {err}")
-    first = detect_non_finite(model, history=history, probe=probe, extra=extra)
+                extra.append(f"{spec.name}: {err}")
+                reports.append(not_applicable(spec.name, spec.code, math.nan,
+                                              f"the model returned non-finite values ({err})"))
+    first = gate.run(model, probe=probe, history=history, extra=extra)
     if bad:
         first = dataclasses.replace(first, evidence=first.evidence + "; map-level detectors were skipped")
     return [first] + reports

@@ -4,7 +4,7 @@
   scalar) or :func:`stored_gradients` (the ``.grad`` left by ``backward``).
 * Global / per-parameter / per-module norms and non-finite counts: :func:`gradient_report`.
 * Per-term gradients of an :class:`~workbench.losses.base.ObjectiveResult` and their cosines
-  (objective conflict, K26 section 4 "instrumentation"): :func:`term_gradient_stats`.
+  (objective conflict: terms whose gradients point against each other): :func:`term_gradient_stats`.
 * Per-sample gradient norms |grad_theta l_i| with ``torch.func`` (functional_call + vmap(grad)):
   :func:`per_sample_grad_norms`, and heat-map binning over (s, t) and over the gap t - s:
   :func:`bin_by_times`, :func:`bin_by_gap`.
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..core.validation import check_tensor, value_checks_disabled
+from ..losses.base import ObjectiveResult
 
 Grads = Mapping[str, torch.Tensor]
 
@@ -134,9 +135,8 @@ def term_gradient_stats(model: nn.Module, result: object, *, names: Sequence[str
     Uses ``torch.autograd.grad(..., retain_graph=True)`` for every term and for ``result.loss.mean()``,
     so the caller can still call ``backward``. An empty term has a zero gradient.
     """
-    for attr in ("loss", "terms"):
-        if not hasattr(result, attr):
-            raise TypeError(f"result must be an ObjectiveResult (loss, terms), got {type(result).__name__}")
+    if not isinstance(result, ObjectiveResult):
+        raise TypeError(f"result must be an ObjectiveResult (loss, terms), got {type(result).__name__}")
     names = tuple(result.terms) if names is None else tuple(names)
     missing = [k for k in names if k not in result.terms]
     if missing:

@@ -6,11 +6,13 @@
         Trainer(config(name), runs / name,
                 callbacks=[FlowMapErrorCallback(flow, every=20), plot.callback(name, every=20)]).fit()
 
+(``FlowMapErrorCallback`` is :class:`workbench.diagnostics.FlowMapErrorCallback`.)
+
 One figure holds every run given to the same :class:`LivePlot` (colour = run, line style = metric),
 and is updated in place in the notebook output (``IPython.display`` with a display id).
 
-**What is drawn is what the run logged.** The callback reads the new complete lines of
-``run_dir/metrics.jsonl`` (the trainer's own metrics every ``log_every`` steps and whatever the
+**What is drawn is what the run logged.** The callback reads the new complete lines of the run's
+metrics log (``RunDir(run_dir).metrics``: the trainer's own metrics every ``log_every`` steps and whatever the
 other callbacks return), so the picture and the run directory never disagree and the callback
 itself logs nothing, draws no random numbers and never touches the model: attaching it leaves
 training bit-identical. Metrics of the current step appear at the next redraw (the trainer writes a
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import fnmatch
 import io
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from ..rundir import RunDir, read_jsonl
 from ..training.callbacks import Callback, StepRecord, TrainContext
-from ..training.metrics import METRICS_FILE
 
 __all__ = ["DEFAULT_PANELS", "IPythonSink", "LivePlot", "LivePlotCallback", "MetricsTail", "draw_metrics",
            "in_ipython_kernel"]
@@ -84,33 +85,32 @@ class IPythonSink:
 
 
 class MetricsTail:
-    """Incremental reader of a run's ``metrics.jsonl``: ``read_new()`` returns the complete lines
-    appended since the last call (a torn last line is left for the next call)."""
+    """Incremental reader of a run's metrics log (``RunDir(run_dir).metrics``): ``read_new()`` returns
+    the rows appended since the last call, as :func:`workbench.rundir.read_jsonl` reads them (a torn
+    last line is left for the next call; a line that is not a JSON object is skipped with a warning
+    naming the file). The log is parsed again only when its size has changed."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / METRICS_FILE
-        self._offset = 0
+        self.path = RunDir(run_dir).metrics
+        self._seen = 0
+        self._size = -1
 
     def reset(self) -> None:
-        self._offset = 0
+        """Read the log from its start at the next call."""
+        self._seen, self._size = 0, -1
 
     def read_new(self) -> list[dict]:
-        if not self.path.is_file():
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
             return []
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            chunk = f.read()
-        end = chunk.rfind(b"\n") + 1  # complete lines only
-        rows = []
-        for line in chunk[:end].splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{self.path} holds a line that is not JSON ({err}); the run directory is "
-                                     f"damaged, read it with workbench.training.read_metrics") from err
-        self._offset += end
-        return rows
+        if size == self._size:
+            return []
+        rows = read_jsonl(self.path)
+        self._size = size
+        new = rows[self._seen:]
+        self._seen = len(rows)
+        return new
 
 
 def _check_panels(panels: object) -> dict[str, tuple[str, ...]]:
@@ -241,7 +241,7 @@ class LivePlot:
             self._data.pop(label, None)
 
     def add(self, label: str, rows: Sequence[Mapping[str, object]]) -> None:
-        """Append metric rows (dicts with a ``step``, as in metrics.jsonl) to run ``label``, keeping the
+        """Append metric rows (dicts with a ``step``, as in the run's metrics log) to run ``label``, keeping the
         numeric values of the metrics any panel asks for (JSON null = non-finite -> NaN)."""
         if not isinstance(label, str) or not label:
             raise TypeError(f"label must be a non-empty str, got {label!r}")
@@ -299,7 +299,7 @@ def _close(fig: Any) -> None:
 class LivePlotCallback(Callback):
     """Feeds a :class:`LivePlot` with one run's logged metrics (module docstring).
 
-    ``on_train_start`` (re)reads the run's metrics.jsonl from its start (so a resumed run shows its
+    ``on_train_start`` (re)reads the run's metrics log from its start (so a resumed run shows its
     history), ``on_step_end`` every ``every`` steps reads the new lines and redraws,
     ``on_train_end`` reads the rest and draws the final figure. Returns no metrics.
     """

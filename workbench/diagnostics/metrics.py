@@ -211,15 +211,7 @@ def histogram_kl(data: torch.Tensor, model: torch.Tensor, *, bins: int = 64,
     return float((p[pos] * torch.log(p[pos] / q[pos])).sum())
 
 
-# -- sampling with a flow map -----------------------------------------------------------------------
-def sample_with_steps(model: object, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
-    """N-step flow-map sampling x_{k+1} = X_{t_k, t_{k+1}}(x_k), t_k = k / N, from x_0 = noise (t = 0),
-    without gradients (:func:`workbench.sampling.sample_flow_map` on the uniform grid)."""
-    check_positive_int(n_steps, "n_steps")
-    with torch.no_grad():
-        return sample_flow_map(model, x0, n_steps=n_steps)
-
-
+# -- ODE references ---------------------------------------------------------------------------------
 class _Normalised:
     """dy/dtau = (t - s) b_{u(tau)}(y), u(tau) = lerp(s, t, tau): per-sample (s, t) on one grid tau in [0, 1]."""
 
@@ -258,7 +250,7 @@ class DiagonalAgreement:
 
 def map_vs_own_ode(model: object, x: torch.Tensor, s: float = 0.0, t: float = 1.0, *,
                    n_steps: int = 64) -> DiagonalAgreement:
-    """Agreement of the one-step map with the ODE of its own diagonal (K26 D3 detector).
+    """Agreement of the one-step map with the ODE of its own diagonal (used by the D3 detector, ``detect_wrong_field``).
 
     A self-consistent map of a wrong field agrees (small), an inconsistent map (e.g. one Euler step)
     does not; compare with the true map separately. RK4 with ``n_steps`` steps, no gradients.
@@ -304,7 +296,7 @@ class StepsQuality:
 
 def _finite_samples(x: torch.Tensor, n_steps: int) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
-        from .detectors_base import NonFiniteOutput
+        from .detectors.base import NonFiniteOutput
 
         bad = int((~torch.isfinite(x)).sum())
         raise NonFiniteOutput(f"the model's {n_steps}-step samples hold {bad} non-finite value(s); "
@@ -316,12 +308,13 @@ def quality_vs_steps(model: object, reference_samples: torch.Tensor, steps: Sequ
                      n: int | None = None, generator: torch.Generator | None = None,
                      metrics: Sequence[str] | Mapping[str, Callable] = ("w2", "sliced_w2", "mmd2", "energy"),
                      ) -> StepsQuality:
-    """Sample quality of N-step flow-map sampling (:func:`sample_with_steps`) for N in ``steps``.
+    """Sample quality of N-step flow-map sampling (:func:`workbench.sampling.sample_flow_map` on the
+    uniform grid, without autograd) for N in ``steps``.
 
     x0 ~ N(0, I) of shape (n, dim) (n defaults to the number of reference samples) in the dtype and
     on the device of ``reference_samples``, drawn once from ``generator`` and shared by every N.
     ``metrics``: names from :data:`SAMPLE_METRICS` or a mapping name -> metric(reference, generated).
-    Raises :class:`~workbench.diagnostics.detectors_base.NonFiniteOutput` (a ValueError) when the
+    Raises :class:`~workbench.diagnostics.detectors.base.NonFiniteOutput` (a ValueError) when the
     model's samples hold NaN / inf.
     """
     ref = _samples(reference_samples, "reference_samples")
@@ -336,11 +329,13 @@ def quality_vs_steps(model: object, reference_samples: torch.Tensor, steps: Sequ
             chosen[name] = SAMPLE_METRICS[name]
     n = ref.shape[0] if n is None else check_positive_int(n, "n")
     x0 = torch.randn((n, *reference_samples.shape[1:]), dtype=ref.dtype, device=ref.device, generator=generator)
-    one = _finite_samples(sample_with_steps(model, x0, 1), 1)
+    with torch.no_grad():
+        one = _finite_samples(sample_flow_map(model, x0, n_steps=1), 1)
+        samples = {k: one if k == 1 else _finite_samples(sample_flow_map(model, x0, n_steps=k), k) for k in steps}
     values: dict[str, list[float]] = {k: [] for k in chosen}
     drift = []
     for k in steps:
-        xs = one if k == 1 else _finite_samples(sample_with_steps(model, x0, k), k)
+        xs = samples[k]
         for name, fn in chosen.items():
             values[name].append(float(fn(ref, xs)))
         drift.append(float((xs - one).reshape(n, -1).pow(2).sum(dim=1).mean().sqrt()))

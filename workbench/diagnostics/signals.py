@@ -1,5 +1,6 @@
 """The cheap per-step diagnostics: :class:`TrainingSignalsCallback` reads every step's ``StepRecord``
-(no extra forward or backward pass) and logs window summaries (K26 digest section 4, "instrumentation").
+(no extra forward or backward pass) and logs window summaries: the global gradient norm, the per-term
+losses, the tangent and residual norms and the non-finite counts whose growth precedes a divergence (D9).
 Re-exported by :mod:`workbench.diagnostics.callbacks`."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from ..training.callbacks import Callback, StepRecord, TrainContext
-from .detectors_base import F64
+from .detectors.base import F64
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class TrainingSignalsCallback(Callback):
 
     * ``grad_norm`` (last step), ``grad_norm_max`` and ``grad_norm_mean`` over the window (finite values);
     * ``terms/<name>``: window mean of the per-step term means;
-    * ``loss_p50``, ``loss_p90``, ``loss_max``: per-sample loss quantiles over the window (K26 G8);
+    * ``loss_p50``, ``loss_p90``, ``loss_max``: per-sample loss quantiles over the window (heavy tails:
+      a few samples dominating the batch gradient);
     * ``aux/<name>_mean``, ``aux/<name>_max`` over the finite entries of each ``result.aux`` tensor
       (tangent / target / residual norms, weights), ``aux/<name>_nonfinite`` when some are not finite;
     * ``n_nonfinite_grad`` (window), ``nonfinite_grad_total``, ``skipped_total``, ``clipped_frac``

@@ -1,10 +1,11 @@
 """Theory references for analytic flows: the flow-matching loss floor and the posterior-mean denoiser.
 
-Notation (analytic_flows.md section 0): I_t = alpha_t x0 + beta_t x1, x0 ~ N(0, I), x1 ~ data,
-b_t(x) = E[dI_t/dt | I_t = x], D_t(x) = E[x1 | I_t = x].
+Notation: I_t = alpha_t x0 + beta_t x1 (t = 0 noise, t = 1 data), x0 ~ N(0, I), x1 ~ data,
+b_t(x) = E[dI_t/dt | I_t = x] the probability-flow velocity, D_t(x) = E[x1 | I_t = x] the posterior mean.
 
 **Flow-matching floor.** The diagonal flow-matching loss E|v_t(I_t) - dI_t/dt|^2 is minimised by
-v = b and its minimum is the irreducible conditional variance (K26 section 2.3, D8)
+v = b and its minimum is the irreducible conditional variance of the target, the floor at which a
+run can stall while its map is still wrong (degenerate solution D8, ``docs/detectors.md``)
 
     floor(t) = E|dI_t/dt - b_t(I_t)|^2 = E tr Cov(dI_t/dt | I_t).
 
@@ -21,8 +22,9 @@ A point mass is the case lam = 0: floor = 0 (I_t determines x0). Averaged over t
 (the loss a uniform time sampler sees): (pi/2) tr Sigma^{1/2} (linear), (pi/2)^2 tr Sigma^{1/2} (trig).
 
 **Denoiser.** Point mass: D_t = a. Gaussian: D_t(x) = mu + beta_t Sigma C_t^{-1} (x - beta_t mu).
-Any flow: the flow's own ``denoiser`` when it has one, else the inversion of digest G1,
-b_t = (alpha'/alpha) x + (beta' - alpha' beta/alpha) D_t, i.e.
+Any flow: the flow's own ``denoiser`` when it has one, else the inversion of the velocity-denoiser
+identity: x0 = (I_t - beta_t x1) / alpha_t, so b_t(x) = E[alpha'_t x0 + beta'_t x1 | I_t = x]
+= (alpha'/alpha) x + (beta' - alpha' beta/alpha) D_t(x), i.e.
 
     D_t(x) = (alpha_t b_t(x) - alpha'_t x) / (alpha_t beta'_t - alpha'_t beta_t).
 """
@@ -34,11 +36,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.contract import Flow
 from ..core.times import broadcast_time, expand_as_state
 from ..core.validation import check_positive_int, check_state
 from ..flows.gaussian import GaussianFlow
 from ..flows.interpolants import LinearInterpolant, TrigInterpolant
 from ..flows.point_mass import PointMassFlow
+from .detectors.base import check_contract
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,9 @@ class MonteCarloEstimate:
     n: int
 
 
-def _require_analytic(flow: object) -> None:
-    for attr in ("velocity", "interpolant", "dim"):
-        if not hasattr(flow, attr):
-            raise TypeError(f"flow must be an analytic flow with velocity, interpolant and dim; "
-                            f"{type(flow).__name__} has no {attr!r}")
+def _require_analytic(flow: object, *also: str) -> None:
+    """The flow contract (:class:`workbench.core.contract.Flow`) plus an ``interpolant`` and ``also``."""
+    check_contract(flow, Flow, "flow", also=("interpolant", *also))
 
 
 def _time_tensor(t: object) -> torch.Tensor:
@@ -113,7 +115,7 @@ def flow_matching_floor_mc(flow: object, t: object = None, n: int = 100_000, *,
     time sampler sees). n draws of (x0, x1) in batches; returns the mean and its standard error.
     The flow must provide ``sample_data``, ``interpolant`` and ``velocity``.
     """
-    _require_analytic(flow)
+    _require_analytic(flow, "sample_data")
     check_positive_int(n, "n")
     check_positive_int(batch_size, "batch_size")
     if t is not None:
@@ -140,7 +142,8 @@ def flow_matching_floor_mc(flow: object, t: object = None, n: int = 100_000, *,
 
 
 def denoiser_from_velocity(flow: object, t: object, x: torch.Tensor) -> torch.Tensor:
-    """D_t(x) = (alpha_t b_t(x) - alpha'_t x) / (alpha_t beta'_t - alpha'_t beta_t) (digest G1 inverted).
+    """D_t(x) = (alpha_t b_t(x) - alpha'_t x) / (alpha_t beta'_t - alpha'_t beta_t) (the velocity-denoiser
+    identity of the module docstring, inverted).
 
     x (batch, dim); t float, 0-d or (batch,). Valid wherever alpha beta' - alpha' beta != 0 (always
     for the linear and trig schedules) and b_t is finite.

@@ -105,7 +105,7 @@ def stop_on_signals(trainer) -> Iterator[list[int]]:
 def _callbacks(config: TrainConfig, data) -> list:
     if not config.eval_every:
         return []
-    from ..training.callbacks import FlowMapErrorCallback
+    from ..diagnostics.callbacks import FlowMapErrorCallback
 
     try:
         flow = data.as_flow()

@@ -1,7 +1,7 @@
 """Training: configs, the loop with checkpoints and exact resume, EMA, optimiser, callbacks."""
 
 from .build import build_model, build_objective, resolve_device
-from .callbacks import Callback, FlowMapErrorCallback, StepRecord, TrainContext
+from .callbacks import Callback, StepRecord, TrainContext
 from .checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from .config import (
     DataConfig,
@@ -22,7 +22,6 @@ __all__ = [
     "EMA",
     "Callback",
     "DataConfig",
-    "FlowMapErrorCallback",
     "MetricsLog",
     "ModelConfig",
     "ObjectiveConfig",

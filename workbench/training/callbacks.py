@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..flows.base import data_end_time
 from ..losses.base import ObjectiveResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,51 +116,3 @@ class Callback:
 
     def on_train_end(self, ctx: TrainContext) -> None:
         return None
-
-
-class FlowMapErrorCallback(Callback):
-    """Distance of the model's flow map to an analytic oracle on a fixed evaluation set.
-
-    At ``on_train_start`` draws, from its own generator seeded by ``seed``, n pairs s <= t
-    uniform on the triangle (t capped at ``t_max``) and x ~ p_s (``flow.sample_marginal``). Every
-    ``every`` steps it logs, for the online model and each EMA, the root-mean-square error
-    ``sqrt(mean |X_hat_{s,t}(x) - X_{s,t}(x)|^2)`` (key ``oracle/map_rmse``, EMA keys
-    ``oracle/ema<rate>/map_rmse``) and the same for the one-step map X_{0,t_max} from x0 ~ N(0, I)
-    (``oracle/map01_rmse``), and at step 0 the same at initialisation. The oracle is evaluated
-    once, in float64.
-    """
-
-    def __init__(self, flow: Any, every: int = 100, n: int = 2048, seed: int = 0, t_max: float = 1.0) -> None:
-        if not (hasattr(flow, "flow_map") and hasattr(flow, "sample_marginal")):
-            raise TypeError(f"flow must provide flow_map and sample_marginal, got {type(flow).__name__}")
-        t_max = min(t_max, data_end_time(flow))
-        self.flow, self.every, self.n, self.seed, self.t_max = flow, int(every), int(n), int(seed), float(t_max)
-        self._eval: tuple[torch.Tensor, ...] | None = None
-
-    def on_train_start(self, ctx: TrainContext) -> None:
-        g = torch.Generator().manual_seed(self.seed)
-        st = torch.rand(self.n, 2, generator=g, dtype=torch.float64).sort(dim=1).values * self.t_max
-        s, t = st[:, 0], st[:, 1]
-        x = self.flow.sample_marginal(s, self.n, g, dtype=torch.float64)
-        x0 = torch.randn(self.n, self.flow.dim, generator=g, dtype=torch.float64)
-        ref, ref01 = self.flow.flow_map(s, t, x), self.flow.flow_map(0.0, self.t_max, x0)
-        self._eval = tuple(v.to(device=ctx.device, dtype=ctx.dtype) for v in (s, t, x, ref, x0, ref01))
-        if ctx.step == 0:  # the error at initialisation, logged at step 0
-            ctx.log(self.on_step_end(ctx, None), 0)
-
-    @torch.no_grad()
-    def errors(self, model: torch.nn.Module) -> tuple[float, float]:
-        """(RMSE over the triangle, RMSE of the one-step map) of ``model`` on the evaluation set."""
-        s, t, x, ref, x0, ref01 = self._eval
-        err = (model.flow_map(s, t, x).double() - ref.double()).pow(2).sum(-1).mean().sqrt()
-        err01 = (model.flow_map(0.0, self.t_max, x0).double() - ref01.double()).pow(2).sum(-1).mean().sqrt()
-        return float(err), float(err01)
-
-    def on_step_end(self, ctx: TrainContext, record: StepRecord | None) -> dict[str, float]:
-        out = {}
-        for tag, model in [("", ctx.model)] + [(f"ema{r}/", m) for r, m in ctx.ema.items()]:
-            was_training = model.training
-            model.eval()
-            out[f"oracle/{tag}map_rmse"], out[f"oracle/{tag}map01_rmse"] = self.errors(model)
-            model.train(was_training)
-        return out

@@ -1,8 +1,9 @@
-"""Shared pieces of the degenerate-solution detectors: the report type and the evaluation probe.
+"""Shared pieces of the degenerate-solution detectors: the report type, the evaluation probe and the
+contract checks.
 
-A detector answers one question about a flow-map model (K26 digest section 3, table D1-D9) with a
-:class:`DetectorReport`: a scale-free statistic, the threshold it is compared with, whether it
-fired, and the evidence in words with numbers.
+A detector answers one question about a flow-map model (is it one of the degenerate solutions D1-D9
+catalogued in ``docs/detectors.md``?) with a :class:`DetectorReport`: a scale-free statistic, the
+threshold it is compared with, whether it fired, and the evidence in words with numbers.
 
 A :class:`Probe` holds the inputs several detectors share and caches what is expensive: a fixed
 set of base noise z ~ N(0, I), data pools x1 ~ data, marginal samples x_t ~ p_t, and the
@@ -11,8 +12,8 @@ hand it to several detectors (``diagnose`` does) so the oracle runs once per (s,
 
 Conventions: t = 0 is noise, t = 1 is data, I_t = alpha_t x0 + beta_t x1. Everything a detector
 compares is computed in float64 on the model's device; the model itself is evaluated in its own
-dtype. ``T`` is the end time of the one-step map: 1, or 1 - 1e-3 for references singular at the
-data (atoms, rings), as in :class:`workbench.training.FlowMapErrorCallback`.
+dtype. ``T`` is the end time of the one-step map, :func:`workbench.flows.base.data_end_time` of the
+reference: 1, or 1 - ``DATA_END_MARGIN`` for references singular at the data (atoms, rings).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.validation import check_positive_int, check_tensor
-from ..flows.base import DATA_END_MARGIN
+from ...core.contract import Flow
+from ...core.validation import check_positive_int, check_tensor
+from ...flows.base import data_end_time
 
 F64 = torch.float64
-#: end time used instead of t = 1 for references whose data law is singular
-SINGULAR_T_MAX = 1.0 - DATA_END_MARGIN
 
 
 class NonFiniteOutput(ValueError):
@@ -42,8 +42,8 @@ class DetectorReport:
 
     name: detector name (e.g. ``"identity"``); fired: whether the degeneracy was detected;
     statistic: the scale-free number compared with ``threshold`` (NaN only when the detector does not
-    apply, which ``evidence`` then says); evidence: plain words with the numbers; code: the K26
-    catalogue entry ("D1" ... "D9", "" for detectors outside it); fires_above: the detector fires
+    apply, which ``evidence`` then says); evidence: plain words with the numbers; code: the
+    catalogue entry ("D1" ... "D9" of ``docs/detectors.md``, "" for detectors outside it); fires_above: the detector fires
     when statistic > threshold (True) or statistic < threshold (False), possibly with extra
     conditions named in the evidence.
     """
@@ -87,12 +87,32 @@ def model_dtype_device(model: object) -> tuple[torch.dtype, torch.device | None]
     return F64, None
 
 
+def _protocol_members(protocol: type) -> list[str]:
+    """The public members a runtime-checkable protocol asks for (methods and annotated attributes)."""
+    names: set[str] = set()
+    for base in protocol.__mro__:
+        if getattr(base, "_is_protocol", False) and base.__module__ != "typing":
+            names |= {k for k in (*vars(base), *getattr(base, "__annotations__", {})) if not k.startswith("_")}
+    return sorted(names)
+
+
+def check_contract(obj: object, protocol: type, name: str, *, also: tuple[str, ...] = ()) -> object:
+    """``obj`` must satisfy ``protocol`` (a runtime-checkable protocol of :mod:`workbench.core.contract`)
+    and have the attributes ``also``; TypeError naming the argument ``name``, the contract and what is
+    missing otherwise. Returns ``obj``."""
+    missing = [] if isinstance(obj, protocol) else [m for m in _protocol_members(protocol) if not hasattr(obj, m)]
+    missing += [m for m in also if not hasattr(obj, m)]
+    if missing:
+        wanted = ", ".join([*_protocol_members(protocol), *also])
+        raise TypeError(f"{name} must implement the {protocol.__name__} contract ({wanted}); "
+                        f"{type(obj).__name__} has no {', '.join(repr(m) for m in missing)}")
+    return obj
+
+
 def check_model(model: object) -> int:
-    """The model must have the flow contract (velocity, flow_map, dim); returns dim."""
-    for attr in ("flow_map", "velocity", "dim"):
-        if not hasattr(model, attr):
-            raise TypeError(f"model must implement velocity(t, x), flow_map(s, t, x) and dim; "
-                            f"{type(model).__name__} has no {attr!r}")
+    """The model must have the flow contract (:class:`workbench.core.contract.Flow`: velocity,
+    flow_map, dim); returns dim."""
+    check_contract(model, Flow, "model")
     return int(model.dim)
 
 
@@ -146,9 +166,7 @@ class Probe:
         self.dim = check_positive_int(int(dim), "dim")
         self.n = check_positive_int(n, "n")
         if reference is not None:
-            for attr in ("flow_map", "velocity", "sample_data", "sample_marginal", "dim"):
-                if not hasattr(reference, attr):
-                    raise TypeError(f"reference must be an analytic flow with {attr}; got {type(reference).__name__}")
+            check_contract(reference, Flow, "reference", also=("sample_data", "sample_marginal"))
             if int(reference.dim) != self.dim:
                 raise ValueError(f"reference.dim must equal the model's dim {self.dim}, got {reference.dim}")
         if data is not None:
@@ -162,13 +180,12 @@ class Probe:
             data.device if data is not None else torch.device("cpu"))
         self._data = None if data is None else data.detach().to(device=self.device, dtype=F64)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        from ..flows.interpolants import get_interpolant
+        from ...flows.interpolants import get_interpolant
 
-        if interpolant is None and reference is not None and hasattr(reference, "interpolant"):
-            interpolant = reference.interpolant
+        if interpolant is None and reference is not None:
+            interpolant = getattr(reference, "interpolant", None)
         self.interpolant = get_interpolant(interpolant)
-        singular = bool(getattr(reference, "singular_at_data", False))
-        self.T = SINGULAR_T_MAX if singular else 1.0
+        self.T = data_end_time(reference)
         self._cache: dict[tuple, object] = {}
         self.z = self._randn(self.n)
 

@@ -1,28 +1,21 @@
-"""Detectors that evaluate the flow map itself (K26 digest section 3; analytic_flows.md section 5).
+"""Map-level detectors: each evaluates the flow map itself.
 
-Each takes the model (anything with ``flow_map(s, t, x)``, ``velocity(t, x)``, ``dim``) and either
-a :class:`~workbench.diagnostics.detectors_base.Probe` or the inputs to build one (``reference=``
-an analytic flow, ``data=`` samples of the data law, ``generator=``, ``n=``), and returns a
-:class:`DetectorReport`. Notation: z ~ N(0, I) (t = 0), x_s ~ p_s, X* the reference map, X^ the
-model's map, T the one-step end time (1, or 1 - 1e-3 for singular references), tr C_t = tr Cov(p_t).
-
-| name               | K26 | statistic (scale-free; details in each docstring)              | fires when          |
-|--------------------|-----|-----------------------------------------------------------------|---------------------|
-| identity           | D1  | rho = E|X^_{0,T}(z) - z|^2 / E|X*_{0,T}(z) - z|^2               | rho < 0.25          |
-| boundary           | D4  | max_t E|X^_{t,t}(x_t) - x_t|^2 / tr Cov(x_t)                    | > 0.01              |
-| collapse           | D4  | min_{(s,t)} tr Cov(X^_{s,t}(x_s)) / tr C_t                       | < 0.1               |
-| denoiser_collapse  | D2  | q = d(X^, D_s) / (d(X^, D_s) + d(X^, X*)); c = shrink of samples | q < 0.5 and c < 0.5 |
-| wrong_field        | D3  | e = E|v^_t - b_t|^2 / E|b_t|^2; kappa = own-ODE / oracle misfit  | e > 0.05, kappa < 0.5 |
-| wrong_coupling     | -   | e_map = E|X^ - X*|^2 / tr Cov(X*); m = marginal energy mismatch  | e_map > 0.05, m < 0.05 e_map |
-| mode_averaging     | D5  | f = share of X^_{0,T}(z) off the data's 95% k-NN radius          | f > 0.2             |
-| step_inconsistency | D5  | E|x^(8) - x^(1)|^2 / tr C_T (8-step vs 1-step, same z)           | > 0.1               |
-| time_oscillation   | D7  | share of the variation of t -> v^_t(x) above 5 cycles per unit t | > 0.05              |
+Each takes the model (anything with the :class:`workbench.core.contract.Flow` contract:
+``flow_map(s, t, x)``, ``velocity(t, x)``, ``dim``) and either a
+:class:`~workbench.diagnostics.detectors.base.Probe` or the inputs to build one (``reference=`` an
+analytic flow, ``data=`` samples of the data law, ``generator=``, ``n=``), and returns a
+:class:`~workbench.diagnostics.detectors.base.DetectorReport`. Each docstring states the statistic
+and the threshold; the catalogue with the D-codes is ``docs/detectors.md``. Notation: z ~ N(0, I)
+(t = 0), x_s ~ p_s, X* the reference map, X^ the model's map, T the one-step end time
+(:func:`workbench.flows.base.data_end_time`: 1, or 1 - ``DATA_END_MARGIN`` for singular references),
+tr C_t = tr Cov(p_t).
 
 Rationale of the thresholds: the exact map gives rho ~ 1, boundary 0, collapse ~ 1, q = 1,
 e = 0, e_map = 0, f ~ 0.05, step 0 and a time-spectrum share of at most 0.006 on the analytic
-flows of the registry; the degenerate maps of table R3 sit at the other end (rho = 0,
-collapse = 0, q = 0, e >= 0.09, ...). Thresholds sit between, at round ratios (a factor 2 in rms,
-10% of a variance, 4x a nominal rate), so that sampling noise at n = 256-512 is far below them.
+flows of the registry; the constructed degenerate maps of :mod:`workbench.flows.degenerate` sit at
+the other end (rho = 0, collapse = 0, q = 0, e >= 0.09, ...). Thresholds sit between, at round
+ratios (a factor 2 in rms, 10% of a variance, 4x a nominal rate), so that sampling noise at
+n = 256-512 is far below them.
 """
 
 from __future__ import annotations
@@ -31,8 +24,8 @@ import math
 
 import torch
 
-from ..flows.identities import energy_statistic
-from .detectors_base import (
+from ...flows.identities import energy_statistic
+from .base import (
     F64,
     DetectorReport,
     Probe,
@@ -87,7 +80,7 @@ def detect_identity(model: object, *, reference: object = None, data: torch.Tens
 
     Without a reference the denominator is W2^2(N(0, I), data) (exact OT on the samples, the least
     mean square displacement of any transport of noise to data). rho = 0 for the identity map
-    (K26 R_id), ~ 1 for the flow.
+    (the exact fixed point of every self-distillation and consistency loss), ~ 1 for the flow.
     """
     p = resolve_probe(model, probe, reference, data, generator, n)
     _need(p.has_samples, "identity", "reference= or data=")
@@ -96,7 +89,7 @@ def detect_identity(model: object, *, reference: object = None, data: torch.Tens
         required = _mean(sq_norms(p.oracle(0.0, p.T) - p.z))
         how = "the reference map moves it"
     else:
-        from .metrics import wasserstein2
+        from ..metrics import wasserstein2
 
         required = wasserstein2(p.z, p.target(p.T)) ** 2
         how = "optimal transport to the data needs"
@@ -112,8 +105,10 @@ def detect_boundary(model: object, *, reference: object = None, data: torch.Tens
                     generator: torch.Generator | None = None, n: int = 512, probe: Probe | None = None) -> DetectorReport:
     """D4, boundary condition lost: max_t E|X^_{t,t}(x_t) - x_t|^2 / tr Cov(x_t) > 0.01.
 
-    x_t ~ p_t when samples are available, else the noise z at every t. A map that is not the
-    identity on the diagonal admits constant / single-trajectory collapse (digest section 5, lesson 2).
+    x_t ~ p_t when samples are available, else the noise z at every t. Without the boundary condition
+    X_{t,t} = id, the semigroup and the Lagrangian / Eulerian equations admit a collapse onto a constant
+    or onto any single trajectory (both sides of those equations vanish), so a map that is not the
+    identity on the diagonal is where such collapses live.
     """
     p = resolve_probe(model, probe, reference, data, generator, n)
     worst, worst_t = -1.0, 0.0
@@ -162,7 +157,7 @@ def detect_denoiser_collapse(model: object, *, reference: object = None, data: t
     if not p.has_reference:
         return report("denoiser_collapse", "D2", c, TH_COV_SHRINK, c < TH_COV_SHRINK,
                       f"{shrink} (no reference: fires below {TH_COV_SHRINK})", fires_above=False)
-    from .theory import denoiser
+    from ..theory import denoiser
 
     d_D = d_X = sep = spread = 0.0
     for frac in DENOISER_S:
@@ -194,7 +189,7 @@ def detect_wrong_field(model: object, *, reference: object = None, generator: to
     t in {.1, ..., .9} T) while the one-step map agrees with an RK4 solve (``n_steps``) of its own
     diagonal better than with the oracle (kappa = rms(X^ - ODE_own) / rms(X^ - X*) < 0.5).
     """
-    from .metrics import rk4_flow
+    from ..metrics import rk4_flow
 
     p = resolve_probe(model, probe, reference, None, generator, n)
     _need(p.has_reference, "wrong_field", "reference=")
@@ -235,7 +230,8 @@ def map_error(model: object, probe: Probe) -> float:
 
 def detect_wrong_coupling(model: object, *, reference: object = None, generator: torch.Generator | None = None,
                           n: int = 512, probe: Probe | None = None) -> DetectorReport:
-    """Right marginals, wrong coupling (digest section 5, lesson 3; Cholesky transport): the map
+    """Right marginals, wrong coupling (e.g. the Cholesky transport m_t + L_t L_s^{-1} (x - m_s) of a
+    Gaussian, which satisfies the boundary condition, the semigroup and every marginal p_t): the map
     error e_map > 0.05 while the push-forwards carry almost none of it: m = max_{(s,t)} energy
     distance between X^_{s,t}(x_s) and X*_{s,t}(x_s) / E|X* - X*'| is below 0.05 e_map (both are
     quadratic in a small error; a map whose error is a marginal error has m / e_map of order 0.1-1,

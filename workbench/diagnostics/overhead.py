@@ -1,6 +1,6 @@
-"""Benchmark: what the cheap per-step diagnostics cost a training step.
+"""The overhead of the per-step diagnostics: what the cheap signals callback costs a training step.
 
-``python -m workbench.diagnostics.benchmark [--objective fm,lsd,isd] [--steps 40] [--reps 9]
+``python -m workbench.diagnostics.overhead [--objective fm,lsd,isd] [--steps 40] [--reps 9]
 [--batch 512] [--hidden 128] [--depth 3] [--warmup 10] [--log-every 10] [--device cpu]``
 
 For every objective the same :class:`~workbench.training.TrainConfig` (same seed, so the same
@@ -247,7 +247,7 @@ def format_overhead_table(rows: Sequence[OverheadRow], header: str = "") -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m workbench.diagnostics.benchmark",
+        prog="python -m workbench.diagnostics.overhead",
         description="Per-step training time with and without the cheap per-step diagnostics "
                     "(TrainingSignalsCallback), trained side by side by the real Trainer.")
     p.add_argument("--objective", default=",".join(DEFAULT_OBJECTIVES),

@@ -1,4 +1,4 @@
-"""The diagnostics-overhead benchmark command runs on a tiny config and prints its table.
+"""The diagnostics-overhead command (python -m workbench.diagnostics.overhead) runs on a tiny config and prints its table.
 
 No timing is asserted (timings belong to the benchmark, not to tests); what is checked is that the
 command runs end to end, prints one row per objective with finite times, that the two arms trained
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.diagnostics.benchmark import main, run_overhead_benchmark
+from workbench.diagnostics.overhead import main, run_overhead_benchmark
 
 TINY = ["--steps", "4", "--reps", "2", "--warmup", "1", "--batch", "16", "--hidden", "8", "--depth", "1",
         "--log-every", "2"]
@@ -68,7 +68,7 @@ def test_module_entry_point_help():
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "workbench.diagnostics.benchmark", "--help"], cwd=root, env=env,
+    done = subprocess.run([sys.executable, "-m", "workbench.diagnostics.overhead", "--help"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     for flag in ("--steps", "--reps", "--objective", "--batch"):

@@ -1,14 +1,10 @@
-"""Detectors that read a training history (K26 digest section 3, D8 and D9; section 4).
+"""History-level detectors: they read a training history (and, for D8, also evaluate the map).
 
-A history is a list of metric dicts as in a run's ``metrics.jsonl`` (``workbench.training.read_metrics``):
-``{"step": k, "loss": ..., "terms/diag_fm": ..., "grad_norm": ..., "skipped": ..., ...}``, with
-non-finite numbers stored as ``None``. Rows without a key are simply not part of that series.
-
-| name              | K26 | statistic                                                     | fires when                  |
-|-------------------|-----|---------------------------------------------------------------|-----------------------------|
-| noise_floor_stall | D8  | r = recent loss / flow-matching floor                         | r < 1.25, plateau, e_map > 0.05 |
-| non_finite        | D9  | count of non-finite events (model outputs, losses, gradients, skipped steps) | > 0 |
-| grad_explosion    | D9  | max_k |g_k| / median of the preceding (up to 50) finite |g|    | > 20                        |
+A history is a list of metric dicts as in a run's metrics log (``RunDir(run).metrics``, read with
+:func:`workbench.rundir.read_jsonl`): ``{"step": k, "loss": ..., "terms/diag_fm": ..., "grad_norm":
+..., "skipped": ..., ...}``, with non-finite numbers stored as ``None``. Rows without a key are
+simply not part of that series. Each docstring states the statistic and the threshold; the
+catalogue with the D-codes is ``docs/detectors.md``.
 """
 
 from __future__ import annotations
@@ -18,11 +14,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from .detectors_base import (
+from .base import (
     F64,
     DetectorReport,
     Probe,
     evaluating,
+    model_dtype_device,
     not_applicable,
     report,
     resolve_probe,
@@ -41,7 +38,7 @@ History = Sequence[Mapping[str, object]]
 
 def _check_history(history: object) -> list[Mapping[str, object]]:
     if isinstance(history, (str, bytes)) or not isinstance(history, Iterable):
-        raise TypeError(f"history must be a list of metric dicts (as in metrics.jsonl), got {type(history).__name__}")
+        raise TypeError(f"history must be a list of metric dicts (as in the run's metrics log), got {type(history).__name__}")
     rows = list(history)
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
@@ -86,7 +83,7 @@ def _median(values: Sequence[float]) -> float:
 def default_floor(reference: object, probe: Probe) -> float:
     """int_0^1 E|dI_t/dt - b_t(I_t)|^2 dt: closed form for Gaussian / point-mass data, else a Monte
     Carlo estimate with 20 000 draws (``workbench.diagnostics.theory``)."""
-    from . import theory
+    from .. import theory
 
     try:
         return float(theory.mean_flow_matching_floor(reference))
@@ -104,12 +101,12 @@ def detect_noise_floor_stall(model: object, *, reference: object = None, history
     more values, when logged, else ``loss``) has reached
     its floor, r = median(last ``window`` values) / floor < 1.25, it has stopped moving (the medians
     of the last two windows differ by < 10%), and the map is still off, e_map > 0.05 (the map error of
-    :func:`~workbench.diagnostics.detectors_map.map_error` against the reference). ``floor`` defaults
+    :func:`~workbench.diagnostics.detectors.maps.map_error` against the reference). ``floor`` defaults
     to the mean flow-matching floor of the reference with t ~ U[0, 1] (``theory``), the floor of the
     diagonal term; pass it for other time samplers or objectives. ``window`` defaults to a fifth of
     the series (at least 3).
     """
-    from .detectors_map import map_error
+    from .maps import map_error
 
     if history is None:
         raise ValueError("detector 'noise_floor_stall' needs history= (a list of metric dicts)")
@@ -146,10 +143,8 @@ def detect_noise_floor_stall(model: object, *, reference: object = None, history
 
 
 # -- D9 -------------------------------------------------------------------------------------------
-def _probe_outputs(model: object, p: Probe) -> tuple[int, list[str]]:
+def nonfinite_outputs(model: object, p: Probe) -> tuple[int, list[str]]:
     """Count non-finite entries of the model's map and diagonal on the probe's noise."""
-    from .detectors_base import model_dtype_device
-
     dtype, _ = model_dtype_device(model)
     bad, where = 0, []
     x = p.z.to(dtype)
@@ -181,7 +176,7 @@ def detect_non_finite(model: object = None, *, history: History | None = None, g
     count, notes = 0, []
     if model is not None:
         p = resolve_probe(model, probe, None, None, generator, n)
-        k, where = _probe_outputs(model, p)
+        k, where = nonfinite_outputs(model, p)
         count += k
         notes += where
     if history is not None:
@@ -212,7 +207,7 @@ def detect_non_finite(model: object = None, *, history: History | None = None, g
 def detect_grad_explosion(history: History, *, window: int = SPIKE_WINDOW, key: str | None = None) -> DetectorReport:
     """D9, exploding gradients: max over logged steps of |g_k| / median(|g|) over the preceding
     ``window`` finite values (at least 10 needed), fires above 20 (a spike of more than an order of
-    magnitude over the recent typical norm; K26 section 4: spikes precede divergence). ``key``
+    magnitude over the recent typical norm; such spikes precede a divergence). ``key``
     defaults to ``signals/grad_norm_max`` (the window maxima of :class:`TrainingSignalsCallback`, which
     see every step) or ``grad_norm``, whichever has more values (the former on ties)."""
     if key is None:
