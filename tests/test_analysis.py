@@ -1,4 +1,4 @@
-"""Analysis figures from run directories (issue 5): figure functions on synthetic data, loaders
+"""Analysis figures from run directories: figure functions on synthetic data, loaders
 against hand computations, closed-form time laws against Monte Carlo, make_figures end to end."""
 
 from __future__ import annotations
@@ -506,7 +506,7 @@ def test_make_figures_api_options_and_errors(tmp_path, capsys):
 
 
 def test_gallery_builder_still_works(tmp_path):
-    from workbench.experiments.gallery import write_gallery_run
+    from workbench.experiments.gallery_run import write_gallery_run
 
     rd = write_gallery_run(tmp_path / "gallery", names=("gaussian_2d",), progress=False)
     paths = make_figures([rd], tmp_path / "figs")

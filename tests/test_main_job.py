@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.experiments import jobs, main_job
+from workbench.experiments import jobs, main_job, stopping
 from workbench.experiments.evaluate import EVALUATION_FILE, EvalSpec, evaluate_model, read_evaluation
 from workbench.experiments.main_job import (
     BUDGETS,
@@ -27,6 +27,7 @@ from workbench.experiments.main_job import (
     run_state,
 )
 from workbench.experiments.report import METRIC_TITLES, format_number
+from workbench.experiments.specs import Job
 from workbench.flows.registry import make_flow
 from workbench.losses import OBJECTIVES
 from workbench.models import ExactFlowMap
@@ -143,11 +144,10 @@ def test_rerun_skips_finished_runs_and_refuses_another_plan(smoke):
         run_state(make_job(other, root, "gmm", SMOKE.methods[0]))
 
 
-def _tiny_job(tmp_path: Path, **kw) -> dict:
+def _tiny_job(tmp_path: Path, **kw) -> Job:
     plan = dataclasses.replace(SMOKE, steps=6, log_every=2, **kw)
     job = make_job(plan, tmp_path, "gmm", "lsd")
-    job["diagnostics"] = dict(job["diagnostics"], periodic=0)
-    return job
+    return dataclasses.replace(job, diagnostics=dataclasses.replace(job.diagnostics, periodic=0))
 
 
 def test_stop_then_resume_then_skip(tmp_path, monkeypatch):
@@ -160,14 +160,14 @@ def test_stop_then_resume_then_skip(tmp_path, monkeypatch):
             self.checks += 1
             return self.checks > 1
 
-    monkeypatch.setattr(jobs, "_STOP", StopOnceStarted())
+    monkeypatch.setattr(stopping, "_STOP", StopOnceStarted())
     res = jobs.run_job(job)
-    rd = Path(job["run_dir"])
-    assert res["status"] == "interrupted" and res["training"]["steps_done"] == 1
+    rd = job.run_dir
+    assert res.status == "interrupted" and res.training.steps_done == 1
     assert not (rd / EVALUATION_FILE).exists() and run_state(job) == "resume"
-    monkeypatch.setattr(jobs, "_STOP", threading.Event())
+    monkeypatch.setattr(stopping, "_STOP", threading.Event())
     res = jobs.run_job(job)  # resumes from the checkpoint of step 1
-    assert res["status"] == "completed" and res["training"]["steps_done"] == 6 and res["training"]["sessions"] == 2
+    assert res.status == "completed" and res.training.steps_done == 6 and res.training.sessions == 2
     assert run_state(job) == "done" and read_evaluation(rd)["step"] == 6
     sessions = [json.loads(line) for line in (rd / "sessions.jsonl").read_text().splitlines()]
     assert [s["start_step"] for s in sessions] == [0, 1]
@@ -176,8 +176,8 @@ def test_stop_then_resume_then_skip(tmp_path, monkeypatch):
 def test_time_cap_stops_and_evaluates(tmp_path):
     job = _tiny_job(tmp_path, max_run_seconds=1e-9)
     res = jobs.run_job(job)
-    assert res["status"] == "time_cap" and res["training"]["steps_done"] == 1
-    ev = read_evaluation(job["run_dir"])
+    assert res.status == "time_cap" and res.training.steps_done == 1
+    ev = read_evaluation(job.run_dir)
     assert ev["step"] == 1 and ev["training"]["status"] == "time_cap"
 
 
