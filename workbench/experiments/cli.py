@@ -107,28 +107,29 @@ def out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
-def _check_resources(config: TrainConfig, data) -> None:
-    """Build the model and draw one data batch on the CPU: a model or batch too large for the
-    machine (``--batch_size 1e12``) is a usage error naming the setting, not a crash at step 1."""
-    from ..training.build import DTYPES, build_model
+def _check_batch(config: TrainConfig, data) -> None:
+    """Draw one data batch on the CPU: a batch too large for the machine (``--batch_size 1e12``) is
+    a usage error naming the setting, not a crash at step 1. (The error is cut to its last line:
+    torch appends C++ frames to some.)"""
+    from ..training.build import DTYPES
 
-    m = config.model
-    try:
-        with torch.random.fork_rng(devices=[]):
-            build_model(m, data.dim)
-    except (RuntimeError, MemoryError, OverflowError) as err:
-        raise UsageError(f"the model (--model.hidden {m.hidden}, --model.depth {m.depth}) cannot be built on this "
-                         f"machine ({_first_line(err)}); use a smaller model") from None
     try:
         data.sample(config.batch_size, torch.Generator().manual_seed(0), dtype=DTYPES[config.dtype])
-    except (RuntimeError, MemoryError, OverflowError) as err:
-        raise UsageError(f"--batch_size {config.batch_size}: one batch of data cannot be allocated "
+    except (RuntimeError, MemoryError, OverflowError, TypeError, ValueError) as err:
+        raise UsageError(f"--batch_size {config.batch_size}: one batch of data cannot be drawn "
                          f"({_first_line(err)}); use a smaller batch") from None
 
 
+def _too_large(config: TrainConfig, err: BaseException, where: str) -> UsageError:
+    m = config.model
+    return UsageError(f"out of memory {where} ({_first_line(err)}); the batch (--batch_size {config.batch_size}) "
+                      f"or the model (--model.hidden {m.hidden}, --model.depth {m.depth}) is too large for this "
+                      "machine")
+
+
 def _prepare(config: TrainConfig) -> tuple[object, list]:
-    """Build the data source, the objective and the callbacks, and check that the model and one
-    batch fit (what a run would fail on first); returns (data, callbacks)."""
+    """Build the data source, the objective and the callbacks, and draw one batch (what a run would
+    fail on first); returns (data, callbacks)."""
     from ..data import get_data
     from ..training.build import build_objective, check_schedules
 
@@ -138,7 +139,7 @@ def _prepare(config: TrainConfig) -> tuple[object, list]:
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from err
     callbacks = _callbacks(config, data)
-    _check_resources(config, data)
+    _check_batch(config, data)
     return data, callbacks
 
 
@@ -193,10 +194,17 @@ def _train(config: TrainConfig, run_dir: str, resume: bool) -> int:
     from ..training.trainer import Trainer
 
     data, callbacks = _prepare(config)
+    existed = Path(run_dir).exists() if run_dir else True
     run_dir = _run_dir(run_dir, "--resume" if resume else "--run-dir")
     try:
         trainer = Trainer(config, run_dir, callbacks=callbacks, data=data, resume=resume)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RuntimeError, MemoryError) as err:
+        if isinstance(err, (RuntimeError, MemoryError)) and not out_of_memory(err):
+            raise
+        if not existed and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # leave no empty directory behind a refused command line
+        if out_of_memory(err):
+            raise _too_large(config, err, "while building the model") from None
         raise UsageError(str(err)) from err
     print(f"run directory: {run_dir}" + (f" (resuming at step {trainer.step})" if resume else ""), file=sys.stderr)
     try:
@@ -205,9 +213,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool) -> int:
     except (RuntimeError, MemoryError) as err:
         if not out_of_memory(err):
             raise
-        raise UsageError(f"out of memory at step {trainer.step + 1} ({_first_line(err)}); the batch (--batch_size "
-                         f"{config.batch_size}) or the model (--model.hidden {config.model.hidden}, --model.depth "
-                         f"{config.model.depth}) is too large for this machine") from None
+        raise _too_large(config, err, f"at step {trainer.step + 1}") from None
     print(result.message, file=sys.stderr)
     if result.status == "diverged":
         return EXIT_DIVERGED
