@@ -230,3 +230,29 @@ def test_figures_leave_out_runs_with_non_finite_samples(tmp_path, monkeypatch):
     fail = True  # the figure code fails: the gallery alone is drawn and the failure is noted
     paths, notes = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
     assert calls == [[gallery, good], [gallery]] and any("figure code broke" in n for n in notes)
+
+
+def test_runs_or_figures_that_cannot_be_directories_are_usage_errors(tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for argv, message in ((["--runs", str(a_file)], "--runs must be a directory"),
+                          (["--figures", str(a_file / "figs"), "--runs", str(tmp_path / "runs")], "--figures"),
+                          (["--runs", ""], "--runs must name a directory")):
+        assert main(["--budget", "smoke", "--no-progress", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "gallery").exists()  # refused before any work
+
+
+def test_run_state_names_a_damaged_config_and_redoes_a_damaged_evaluation(tmp_path):
+    job = _tiny_job(tmp_path)
+    rd = job.rundir
+    rd.path.mkdir(parents=True)
+    rd.config.write_bytes(b"\x00\xff binary")
+    with pytest.raises(ValueError, match=re.escape(str(rd.config))):
+        run_state(job)
+    rd.config.write_text(json.dumps(job.config.to_dict()))
+    rd.evaluation.write_text('{"spec": {"steps": [1, 2')  # torn: evaluated again
+    assert read_evaluation(rd.path) is None and run_state(job) == "resume"
+    rd.evaluation.write_text(json.dumps({"spec": job.evaluation.to_dict()}))
+    assert run_state(job) == "done"
