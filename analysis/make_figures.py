@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.rundir import RunDir
+
 from .figures_gallery import flow_gallery
 from .figures_maps import GapCurve, TimeGridMap, by_gap, samples_vs_steps, st_maps
 from .figures_times import time_distribution
@@ -207,7 +209,7 @@ def _quality_of(st: _RunState, opts: Options) -> tuple[str, object, dict] | None
         opts.notes.append(f"{err}; quality from the checkpoint instead")
         found = None
     if found is not None:
-        return "evaluation.json", found[0], found[1]
+        return RunDir(st.run.run_dir).evaluation.name, found[0], found[1]
     if st.model is not None:
         try:
             q = derived.compute_quality(st.model, st.data, steps=opts.steps, n=min(opts.n_samples, 1000),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..rundir import RunDir, check_run_dir, read_json
+from ..rundir import RunDir, check_run_dir
 from ..training.config import TrainConfig, apply_overrides, config_keys
 from .stopping import signal_exit_code, stop_on_signals
 
@@ -176,16 +176,14 @@ def _resume_dir(text: str) -> RunDir:
 
 
 def load_config(rd: RunDir) -> TrainConfig:
-    """The run's config; UsageError naming the file when it is unreadable (binary, truncated) or
-    not a valid training config."""
+    """The run's config (:func:`workbench.experiments.evaluate.load_run_config`); UsageError naming
+    the file when it is unreadable (binary, truncated) or not a valid training config."""
+    from .evaluate import load_run_config
+
     try:
-        doc = read_json(rd.config, what="config")
+        return load_run_config(rd.path)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    try:
-        return TrainConfig.from_dict(doc)
-    except (ValueError, TypeError) as err:
-        raise UsageError(f"{rd.config} is not a valid training config: {err}") from None
 
 
 def _train(config: TrainConfig, run_dir: str, resume: bool) -> int:

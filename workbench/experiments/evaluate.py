@@ -49,11 +49,21 @@ from ..training.config import TrainConfig
 from ..training.metrics import read_metrics
 from .specs import EvalSpec
 
-__all__ = ["EVALUATION_FILE", "EvalSpec", "InDtype", "evaluate_model", "evaluate_run", "load_trained_model",
-           "model_tag", "read_evaluation"]
+__all__ = ["EVALUATION_FILE", "EvalSpec", "InDtype", "evaluate_model", "evaluate_run", "load_run_config",
+           "load_trained_model", "model_tag", "read_evaluation"]
 
 F64 = torch.float64
 QUALITY_METRICS = ("w2", "sliced_w2", "mmd2", "energy")
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The run's TrainConfig; ValueError naming the file when it is missing, unreadable or invalid."""
+    path = RunDir(run_dir).config
+    doc = read_json(path, what="config")
+    try:
+        return TrainConfig.from_dict(doc)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid training config: {err}") from None
 
 
 def model_tag(ema: float | None) -> str:
@@ -65,7 +75,7 @@ def load_trained_model(run_dir: str | Path, ema: float | None, *, device: torch.
                        dtype: torch.dtype = F64) -> tuple[torch.nn.Module, int]:
     """The run's newest checkpoint as a model (online weights, or the EMA of rate ``ema``) in eval
     mode, and the checkpoint's step."""
-    cfg = TrainConfig.load(run_dir)
+    cfg = load_run_config(run_dir)
     from ..data import get_data
 
     dim = get_data(cfg.data.name, **cfg.data.kwargs).dim
@@ -236,7 +246,7 @@ def evaluate_run(run_dir: str | Path, spec: EvalSpec, *, training: dict | None =
     t0 = time.perf_counter()
     rd = RunDir(run_dir)
     run = rd.path
-    cfg = TrainConfig.load(run)
+    cfg = load_run_config(run)
     device = torch.device(device)
     data = get_data(cfg.data.name, **cfg.data.kwargs)
     model, step = load_trained_model(run, spec.ema, device=device, dtype=DTYPES[cfg.dtype])
