@@ -11,15 +11,50 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from workbench.flows.base import data_end_time
+from workbench.sampling import sample_flow_map
 
 from .figures_maps import SampleGrid
 from .figures_times import ConfiguredLaw, TimeSamples
 from .loaders import TrainingRun
+
+
+# -- what the figures read from an objective, declared ---------------------------------------------------
+@runtime_checkable
+class Interpolated(Protocol):
+    """An objective or flow built on an interpolant I_t = alpha_t x0 + beta_t x1 (``interpolant.name``
+    says which: "linear", "trig", ...)."""
+
+    interpolant: object
+
+
+@runtime_checkable
+class PairSampled(Protocol):
+    """An objective that draws its off-diagonal (s, t) pairs from ``sampler`` (a pair sampler of
+    ``workbench.losses.samplers``: UniformTriangle, BetaPair, LogitNormalPair, ...)."""
+
+    sampler: object
+
+
+@runtime_checkable
+class DiscreteGapped(Protocol):
+    """Consistency training / distillation: pairs (s, s + delta), or (s, t_end) when ``t_end`` is
+    set: ``workbench.losses.samplers.DiscreteGapSampler(delta, t_end)``."""
+
+    delta: float
+    t_end: float | None
+
+
+@runtime_checkable
+class DiagonalShare(Protocol):
+    """An objective that spends the share ``diag_fraction`` of a batch on the diagonal s = t."""
+
+    diag_fraction: float
 
 
 def data_source(run: TrainingRun):
@@ -62,7 +97,8 @@ def sample_grid(models: dict, data, *, steps: Sequence[int] = (1, 2, 4, 8, 16), 
     """N-step samples x_{k+1} = X_{t_k, t_{k+1}}(x_k), t_k = k / N (workbench.sampling.sample_flow_map)
     of every model (label -> model) from one shared noise batch x0 ~ N(0, I) (n, dim), and the
     trajectories X_{0,t}(x0[:n_traj]) on n_times uniform times, with n data samples. A sample whose
-    state turns non-finite on the way (a diverged model) is NaN: callers check ``np.isfinite``."""
+    state turns non-finite on the way (a diverged model) is NaN (``on_nonfinite="nan"``): callers
+    check ``np.isfinite``."""
     if not models:
         raise ValueError("models must name at least one model")
     g = torch.Generator().manual_seed(seed)
@@ -72,30 +108,13 @@ def sample_grid(models: dict, data, *, steps: Sequence[int] = (1, 2, 4, 8, 16), 
     samples, trajs = {}, {}
     for label, model in models.items():
         z = x0.to(_dtype(model))
-        samples[label] = np.stack([_n_step_samples(model, z, int(k)).double().numpy() for k in steps])
+        samples[label] = np.stack([sample_flow_map(model, z, int(k), on_nonfinite="nan").double().numpy()
+                                   for k in steps])
         zt = z[:n_traj]
         trajs[label] = np.stack([zt.double().numpy()] + [model.flow_map(0.0, float(t), zt).double().numpy()
                                                          for t in times[1:]])
     return SampleGrid(methods=tuple(models), steps=tuple(int(k) for k in steps), samples=samples, data=ref,
                       times=times, trajectories=trajs)
-
-
-def _n_step_samples(model: torch.nn.Module, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
-    """x_N of x_{k+1} = X_{t_k, t_{k+1}}(x_k), t_k = k / N (as workbench.sampling.sample_flow_map),
-    except that a sample whose state turns non-finite (a diverged model overflowing) stops there
-    and is NaN in the result instead of failing the whole batch at the next step's input check."""
-    from workbench.sampling import time_grid
-
-    grid = time_grid(n_steps, dtype=x0.dtype, device=x0.device)
-    x = x0.clone()
-    alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    for k in range(n_steps):
-        if not bool(alive.any()):
-            break
-        x[alive] = model.flow_map(grid[k], grid[k + 1], x[alive])
-        alive &= torch.isfinite(x).all(dim=1)
-    x[~alive] = math.nan
-    return x
 
 
 @torch.no_grad()
@@ -117,17 +136,27 @@ def reference_flow(run: TrainingRun, data, objective=None):
     except (AttributeError, ValueError, NotImplementedError, TypeError):
         return None
     objective = build_run_objective(run, data) if objective is None else objective
-    ip_obj, ip_flow = getattr(objective, "interpolant", None), getattr(flow, "interpolant", None)
-    if ip_obj is not None and ip_flow is not None and getattr(ip_obj, "name", None) != getattr(ip_flow, "name", None):
+    if (isinstance(objective, Interpolated) and isinstance(flow, Interpolated)
+            and _interpolant_name(objective.interpolant) != _interpolant_name(flow.interpolant)):
         return None
     return flow
+
+
+def _interpolant_name(interpolant: object) -> str:
+    """The registry name of an interpolant ("linear", "trig", ...); its type name otherwise."""
+    from workbench.flows.interpolants import LinearInterpolant, TrigInterpolant
+
+    if isinstance(interpolant, (LinearInterpolant, TrigInterpolant)):
+        return interpolant.name
+    return type(interpolant).__name__
 
 
 @torch.no_grad()
 def oracle_map_error(model: torch.nn.Module, flow, *, grid: int = 8, n_cell: int = 48,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """RMS error sqrt(mean |hat X_{s,t}(x) - X_{s,t}(x)|^2) per cell of a grid x grid partition of
-    [0, T]^2 (T = 1, or 1 - 1e-3 for a flow singular at the data), over n_cell points per cell with
+    [0, T]^2 (T = ``workbench.flows.base.data_end_time(flow)``: 1, or just below it for a flow
+    singular at the data), over n_cell points per cell with
     (s, t) uniform in the cell, sorted so that s <= t, and x ~ p_s; the oracle runs in float64.
     Returns (values (grid, grid) with NaN below the diagonal, edges (grid + 1,))."""
     t_max = data_end_time(flow)
@@ -224,8 +253,8 @@ def _base_law(sampler) -> tuple | None:
 def configured_law(objective, grid: np.ndarray) -> ConfiguredLaw | None:
     """Closed-form densities of the objective's configured times on ``grid``.
 
-    The pair sampler is ``objective.sampler``, or for CT / CD (fields ``delta``, ``t_end``)
-    ``DiscreteGapSampler(delta, t_end)``. With base law (f, F) on [0, 1] (uniform; Beta(a, b);
+    The pair sampler is ``objective.sampler`` (:class:`PairSampled`), or for CT / CD
+    (:class:`DiscreteGapped`) ``DiscreteGapSampler(delta, t_end)``. With base law (f, F) on [0, 1] (uniform; Beta(a, b);
     logit-normal sigmoid(N(m, sd^2))): s = lo + w min(U, V), t = lo + w max(U, V) (+ delta for the
     discrete-gap sampler, w = hi - delta - lo; otherwise w = hi - lo), densities 2 f (1 - F) and
     2 f F mapped affinely; ``t_end`` set: s ~ U[lo, t_end - delta] and t the atom t_end. The
@@ -235,8 +264,8 @@ def configured_law(objective, grid: np.ndarray) -> ConfiguredLaw | None:
     from workbench.losses.flow_matching import FlowMatching
     from workbench.losses.samplers import DiscreteGapSampler
 
-    sampler = getattr(objective, "sampler", None)
-    if sampler is None and all(hasattr(objective, k) for k in ("delta", "t_end")):
+    sampler = objective.sampler if isinstance(objective, PairSampled) else None
+    if sampler is None and isinstance(objective, DiscreteGapped):
         try:
             sampler = DiscreteGapSampler(delta=objective.delta, t_end=objective.t_end)
         except ValueError:
@@ -247,7 +276,10 @@ def configured_law(objective, grid: np.ndarray) -> ConfiguredLaw | None:
     pdf, cdf = base
     grid = np.asarray(grid, dtype=float)
     lo, hi = float(sampler.lo), float(sampler.hi)
-    diag_fraction = getattr(objective, "diag_fraction", 1.0 if isinstance(objective, FlowMatching) else math.nan)
+    if isinstance(objective, DiagonalShare):
+        diag_fraction = objective.diag_fraction
+    else:
+        diag_fraction = 1.0 if isinstance(objective, FlowMatching) else math.nan
     name = type(sampler).__name__
     if isinstance(sampler, DiscreteGapSampler):
         diag = _affine_pdf(lambda u: np.ones_like(u), grid, lo, hi - lo)

@@ -1,6 +1,7 @@
 """Figures of learned flow maps: samples against the step count, and (s, t) maps of errors.
 
-* :func:`samples_vs_steps`: B25's checkerboard panel (digest section 6): rows = methods, a first
+* :func:`samples_vs_steps`: the layout of B25's checkerboard figure (samples per method against
+  the number of steps; B25 code, its logging panels): rows = methods, a first
   column of trajectories t -> X_{0,t}(x0) from noise (t = 0) to data (t = 1), then one column per
   number of sampling steps N with the N-step samples x_{k+1} = X_{t_k,t_{k+1}}(x_k), t_k = k / N,
   drawn over samples of the data.

@@ -1,8 +1,8 @@
 """The realised (s, t) distribution of an objective against its configured law.
 
 Objectives draw a share ``diag_fraction`` of each batch on the diagonal (s = t, the flow-matching
-term) and the rest off the diagonal, (s, t) with s <= t from a pair sampler (B25 digest 2.2;
-``workbench.losses.samplers``). :func:`time_distribution` draws the joint histogram of the
+term) and the rest off the diagonal, (s, t) with s <= t from a pair sampler (B25 code, its batch
+split and time sampling; ``workbench.losses.samplers``). :func:`time_distribution` draws the joint histogram of the
 off-diagonal pairs over the triangle, the marginals of s and t with the configured densities, and
 the diagonal times with theirs.
 """

@@ -6,7 +6,8 @@ One function per figure, data in (frozen dataclasses of numpy arrays), matplotli
   error against the oracle, all against the optimiser step; detector events as labelled vertical
   lines, skipped (non-finite) steps as crosses on the step axis, a diverged stop as a solid line.
 * :func:`steps_quality`: sample quality of N-step flow-map sampling x_{k+1} = X_{t_k,t_{k+1}}(x_k)
-  (B25 digest 5.4-5.5, the headline curve) against N, one panel per metric, one line per method.
+  (B25's headline comparison: quality against the number of steps N = 1, 2, 4, 8, 16) against N,
+  one panel per metric, one line per method.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Run directory -> figure data, reading files only (no model is evaluated here; see
 :mod:`analysis.derived` for what is computed from checkpoints).
 
-A run directory (DESIGN.md, "A run is a directory") holds ``config.json``. Two kinds exist:
+Every path comes from ``workbench.rundir.RunDir`` and every JSON file is read with its readers
+(``read_json``: a ValueError naming the file; ``read_jsonl``: torn or garbage lines skipped). A run
+directory holds ``config.json``. Two kinds exist:
 
 * ``"gallery"``: ``config.json`` with ``"kind": "gallery"`` and ``gallery.npz``
-  (workbench.experiments.gallery);
+  (workbench.experiments.gallery_run, drawn by :mod:`analysis.figures_gallery`);
 * ``"training"``: ``config.json`` is a ``workbench.training.TrainConfig`` (sections model,
   objective, data, optim), with the append-only ``metrics.jsonl`` (one JSON object per logged step,
   non-finite numbers as null), ``checkpoints/step-*.pt``, and, when the diagnostics callbacks ran
@@ -15,42 +17,46 @@ A run directory (DESIGN.md, "A run is a directory") holds ``config.json``. Two k
   ``diagnostics/first_fired.json``; after evaluation (workbench.experiments.evaluate)
   ``evaluation.json`` (``steps``, ``quality``: metric -> values per N, ``floor``: metric -> value
   between two data samples, ``oracle.steps_rmse``: |x^(N)(x0) - X_{0,1}(x0)| per N).
+
+A damaged metrics.jsonl does not stop the figures: lines that are not JSON objects (binary
+garbage), rows without an integer ``step`` and values of the wrong type (a string or list where a
+number is plotted) are left out, and ``TrainingRun.notes`` says how many.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from workbench.rundir import RunDir, read_json, read_jsonl
+
+from .figures_gallery import GalleryPanel
 from .figures_maps import GapCurve, TimeGridMap
 from .figures_training import Event, TrainingCurves
 
 TRAINING_SECTIONS = ("model", "objective", "data", "optim")
 MAP_ERROR_LABEL = r"RMS $|\hat X_{s,t}(x) - X_{s,t}(x)|$"
 GRAD_LABEL = r"mean $\|\nabla_\theta \ell_i\|$"
+#: metrics whose values are plotted as numbers: a key equal to one of these or starting with one
+NUMERIC_METRICS = ("loss", "grad_norm", "terms/", "grads/", "oracle/", "periodic/", "quality/", "signals/",
+                   "diagnosis/")
 
 
 def read_config(run_dir: str | Path) -> dict:
     """The run's config.json as a dict; ValueError (with what was expected) when ``run_dir`` is not
-    a run directory."""
-    rd = Path(run_dir)
-    if not rd.is_dir():
-        raise ValueError(f"{rd} is not a directory; expected a run directory holding config.json")
-    path = rd / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{rd} is not a run directory: it has no config.json")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
+    a run directory or its config cannot be read (binary, truncated, not an object)."""
+    rd = RunDir(run_dir)
+    if not rd.path.is_dir():
+        raise ValueError(f"{rd.path} is not a directory; expected a run directory holding {rd.config.name}")
+    if not rd.config.is_file():
+        raise ValueError(f"{rd.path} is not a run directory: it has no {rd.config.name}")
+    return read_json(rd.config, what="config")
 
 
 def run_kind(config: dict) -> str:
@@ -67,29 +73,83 @@ def run_kind(config: dict) -> str:
 @dataclass(frozen=True)
 class TrainingRun:
     """A training run directory: ``name`` (directory name), ``method`` (objective name), the
-    ``TrainConfig`` and the rows of metrics.jsonl."""
+    ``TrainConfig``, the usable rows of metrics.jsonl and ``notes`` on what of the run's files
+    could not be used."""
 
     run_dir: Path
     name: str
     method: str
     config: object
     metrics: tuple
+    notes: tuple[str, ...] = ()
+
+
+def _is_number(v: object) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float))
+
+
+def _numeric_key(key: str) -> bool:
+    return any(key == m or (m.endswith("/") and key.startswith(m)) for m in NUMERIC_METRICS)
+
+
+def read_metric_rows(path: str | Path) -> tuple[list[dict], list[str]]:
+    """The usable rows of a metrics.jsonl and notes on what was left out: lines that are not JSON
+    objects, rows whose ``step`` is not an int >= 0, and values of numeric metrics that are neither
+    a number nor null (dropped from their row). A torn last line ends the log silently."""
+    path = Path(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        raw = read_jsonl(path)
+    notes = [str(w.message) for w in caught]
+    rows, no_step, bad_keys, n_bad = [], 0, set(), 0
+    for r in raw:
+        step = r.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            no_step += 1
+            continue
+        bad = [k for k, v in r.items() if _numeric_key(k) and v is not None and not _is_number(v)]
+        if bad:
+            n_bad += len(bad)
+            bad_keys.update(bad)
+            r = {k: v for k, v in r.items() if k not in bad}
+        rows.append(r)
+    if no_step:
+        notes.append(f"{path}: skipped {no_step} row(s) without an integer step >= 0")
+    if n_bad:
+        notes.append(f"{path}: left out {n_bad} value(s) of the wrong type (not a number) of {sorted(bad_keys)}")
+    return rows, notes
+
+
+def _readable_json(path: Path, what: str) -> tuple[dict | None, str | None]:
+    """(document, None) for a readable JSON object, (None, why) for a damaged one, (None, None) when absent."""
+    if not path.is_file():
+        return None, None
+    try:
+        return read_json(path, what=what), None
+    except ValueError as err:
+        return None, f"{err}; its detector events are not drawn"
 
 
 def load_training_run(run_dir: str | Path) -> TrainingRun:
-    """Read config.json (as a ``TrainConfig``) and metrics.jsonl of a training run."""
-    from workbench.training import TrainConfig, read_metrics
+    """Read config.json (as a ``TrainConfig``) and metrics.jsonl of a training run (damaged rows
+    are left out and noted, see :func:`read_metric_rows`)."""
+    from workbench.training import TrainConfig
 
-    rd = Path(run_dir)
-    raw = read_config(rd)
+    rd = RunDir(run_dir)
+    raw = read_config(rd.path)
     if run_kind(raw) != "training":
-        raise ValueError(f"{rd} is a {run_kind(raw)!r} run, not a training run")
+        raise ValueError(f"{rd.path} is a {run_kind(raw)!r} run, not a training run")
     try:
         cfg = TrainConfig.from_dict(raw)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{rd}/config.json is not a valid training config: {err}") from err
-    return TrainingRun(run_dir=rd, name=rd.resolve().name, method=cfg.objective.name, config=cfg,
-                       metrics=tuple(read_metrics(rd)))
+        raise ValueError(f"{rd.config} is not a valid training config: {err}") from err
+    rows, notes = read_metric_rows(rd.metrics)
+    for path, what in ((rd.diagnosis_json, "diagnosis"), (rd.first_fired, "first-fired record")):
+        why = _readable_json(path, what)[1]
+        if why:
+            notes.append(why)
+    return TrainingRun(run_dir=rd.path, name=rd.path.resolve().name, method=cfg.objective.name, config=cfg,
+                       metrics=tuple(rows), notes=tuple(notes))
 
 
 def _num(v: object) -> float:
@@ -124,16 +184,13 @@ def detector_events(run: TrainingRun) -> tuple[Event, ...]:
             m = re.fullmatch(r"diagnosis/(.+)_fired", k)
             if m and _num(v) > 0.5:
                 first[m.group(1)] = min(first.get(m.group(1), int(r["step"])), int(r["step"]))
-    for path in (run.run_dir / "diagnosis.json", run.run_dir / "diagnostics" / "first_fired.json"):
-        if not path.is_file():
-            continue
-        try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err})") from err
-        fired = doc.get("first_fired") if path.name == "diagnosis.json" else doc
-        for name, step in (fired or {}).items():
-            first[name] = min(first.get(name, int(step)), int(step))
+    rd = RunDir(run.run_dir)
+    for path, what in ((rd.diagnosis_json, "diagnosis"), (rd.first_fired, "first-fired record")):
+        doc = _readable_json(path, what)[0]  # a damaged file is noted by load_training_run
+        fired = (doc or {}).get("first_fired") if path == rd.diagnosis_json else doc
+        for name, step in (fired if isinstance(fired, dict) else {}).items():
+            if _is_number(step) and float(step).is_integer() and step >= 0:
+                first[name] = min(first.get(name, int(step)), int(step))
     return tuple(Event(step=s, name=n) for n, s in sorted(first.items(), key=lambda kv: (kv[1], kv[0])))
 
 
@@ -187,14 +244,17 @@ def gap_curve_from_grid(values: np.ndarray, edges: np.ndarray, label: str) -> Ga
 
 
 def load_map_errors(run_dir: str | Path) -> dict[str, tuple[TimeGridMap, list[GapCurve]]]:
-    """From ``diagnostics/map_error*.npz``: per model tag ("model", "ema0.999", ...) the map of the
-    last evaluation and by-gap curves of up to four evaluations (first, ..., last)."""
+    """From ``diagnostics/map_error*.npz`` (``RunDir.map_error(tag)``): per model tag ("model",
+    "ema0.999", ...) the map of the last evaluation and by-gap curves of up to four evaluations
+    (first, ..., last). ValueError naming the file when one cannot be read."""
+    rd = RunDir(run_dir)
+    plain = rd.map_error("model")
     out = {}
-    for path in sorted((Path(run_dir) / "diagnostics").glob("map_error*.npz")):
-        if path.name.endswith(".tmp.npz"):
+    for path in sorted(plain.parent.glob(f"{plain.stem}*{plain.suffix}")):
+        tag = "model" if path == plain else path.stem[len(plain.stem) + 1:]
+        if path != rd.map_error(tag):
             continue
-        tag = path.stem[len("map_error_"):] if path.stem != "map_error" else "model"
-        with np.load(path) as z:
+        with _NpzReader(path) as z:
             steps, rmse, edges = np.asarray(z["steps"]), np.asarray(z["rmse"], dtype=float), np.asarray(z["edges"])
         if rmse.ndim != 3 or rmse.shape[0] == 0:
             raise ValueError(f"{path}: rmse must be (evaluations, G, G), got {rmse.shape}")
@@ -209,10 +269,10 @@ def load_map_errors(run_dir: str | Path) -> dict[str, tuple[TimeGridMap, list[Ga
 def load_grad_bins(run_dir: str | Path) -> tuple[TimeGridMap, GapCurve] | None:
     """From ``diagnostics/grad_bins.npz``: the per-sample gradient norm averaged per (s, t) bin and per
     gap bin, pooled over every evaluation (mean = sum of sums / sum of counts); None when absent."""
-    path = Path(run_dir) / "diagnostics" / "grad_bins.npz"
+    path = RunDir(run_dir).grad_bins
     if not path.is_file():
         return None
-    with np.load(path) as z:
+    with _NpzReader(path) as z:
         st_sum, st_count = np.asarray(z["st_sum"], float).sum(0), np.asarray(z["st_count"], float).sum(0)
         gap_sum, gap_count = np.asarray(z["gap_sum"], float).sum(0), np.asarray(z["gap_count"], float).sum(0)
         s_edges, t_edges, gap_edges, steps = z["s_edges"], z["t_edges"], z["gap_edges"], z["steps"]
@@ -252,11 +312,11 @@ def quality_from_evaluation(run_dir: str | Path) -> tuple[object, dict] | None:
     the value between two data samples); None when the run has no evaluation.json."""
     from workbench.diagnostics.metrics import StepsQuality
 
-    path = Path(run_dir) / "evaluation.json"
+    path = RunDir(run_dir).evaluation
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text())
+        doc = read_json(path, what="evaluation")
         steps = tuple(int(k) for k in doc["steps"])
         quality = dict(doc["quality"])
         metrics = {name: tuple(_num(v) for v in vals) for name, vals in quality.items() if name != "drift"}
@@ -267,6 +327,49 @@ def quality_from_evaluation(run_dir: str | Path) -> tuple[object, dict] | None:
         floors = {k: _num(v) for k, v in (doc.get("floor") or {}).items()}
         if any(len(v) != len(steps) for v in (*metrics.values(), drift)):
             raise ValueError("a metric has not one value per number of steps")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path} is not an evaluation document ({type(err).__name__}: {err})") from err
     return StepsQuality(steps=steps, metrics=metrics, drift=drift), floors
+
+
+class _NpzReader:
+    """``np.load`` of an .npz as a context manager whose failures (a damaged file, a missing array)
+    are ValueErrors naming the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path} cannot be read as .npz arrays ({type(err).__name__}: {err})") from None
+
+    def __enter__(self) -> _NpzReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.z.close()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self.z[key]
+        except (KeyError, OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{self.path} has no readable array {key!r} ({type(err).__name__}: {err})") from None
+
+
+def load_gallery(run_dir: str | Path) -> list[GalleryPanel]:
+    """The panels of a gallery run (``RunDir.config`` of kind "gallery" and ``RunDir.gallery``)."""
+    rd = RunDir(run_dir)
+    cfg = read_config(rd.path)
+    try:
+        flows, fields, descriptions = cfg["flows"], cfg["fields"], cfg["descriptions"]
+        panels = []
+        with _NpzReader(rd.gallery) as arrays:
+            for name in flows:
+                shown = {f"X_{{{s},{t}}}": (arrays[f"{name}/field_{s}_{t}_grid"], arrays[f"{name}/field_{s}_{t}_disp"])
+                         for s, t in fields}
+                panels.append(GalleryPanel(name=name, description=descriptions[name], times=arrays[f"{name}/times"],
+                                           trajectories=arrays[f"{name}/trajectories"], fields=shown,
+                                           data=arrays[f"{name}/data"]))
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{rd.config} is not a gallery config ({type(err).__name__}: {err})") from None
+    return panels

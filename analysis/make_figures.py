@@ -24,14 +24,19 @@ with the data-vs-data floors dotted), else it is computed from the checkpoint wi
 (the same seed and min(n_samples, 1000) data samples for every run; W2, sliced W2, MMD^2, energy),
 else the logged periodic ``quality/<metric>/<N>``; the title names the source, or each label does
 when the runs of one figure differ. Samples use the online weights unless --ema names an EMA rate
-(checked against every run first). A directory that is not a run directory is an error (exit code
-2). What could not be drawn is said on stderr.
+(checked against every run first). A directory that is not a run directory, an unreadable
+config.json, an option out of range (``--ema 2``) or an ``--out`` that names a file is an error
+(exit code 2, one line on stderr). Damaged rows of a metrics.jsonl and diagnostics files that
+cannot be read do not stop the run: what could not be drawn is said on stderr. Every figure file
+is written atomically (``workbench.rundir.atomic_write``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -40,13 +45,16 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.rundir import RunDir
+
+from .figures_gallery import flow_gallery
 from .figures_maps import GapCurve, TimeGridMap, by_gap, samples_vs_steps, st_maps
 from .figures_times import time_distribution
 from .figures_training import steps_quality, training_curves
-from .gallery import GalleryPanel, flow_gallery
 from .loaders import (
     MAP_ERROR_LABEL,
     gap_curve_from_grid,
+    load_gallery,
     load_grad_bins,
     load_map_errors,
     load_training_run,
@@ -83,20 +91,6 @@ class Options:
             raise ValueError(f"ema must be None or a rate in (0, 1), got {self.ema!r}")
 
 
-def load_gallery(run_dir: Path) -> list[GalleryPanel]:
-    cfg = json.loads((run_dir / "config.json").read_text())
-    arrays = np.load(run_dir / "gallery.npz")
-    panels = []
-    for name in cfg["flows"]:
-        fields = {}
-        for s, t in cfg["fields"]:
-            fields[f"X_{{{s},{t}}}"] = (arrays[f"{name}/field_{s}_{t}_grid"], arrays[f"{name}/field_{s}_{t}_disp"])
-        panels.append(GalleryPanel(name=name, description=cfg["descriptions"][name], times=arrays[f"{name}/times"],
-                                   trajectories=arrays[f"{name}/trajectories"], fields=fields,
-                                   data=arrays[f"{name}/data"]))
-    return panels
-
-
 def _gallery(run_dirs: list[Path], out: Path, opts: Options) -> list[Path]:
     written = []
     for rd in run_dirs:
@@ -128,7 +122,11 @@ def _st_maps_of(run, model, data, opts: Options) -> tuple[list[TimeGridMap], lis
     from . import derived
 
     maps, gaps, source = [], [], ""
-    logged = load_map_errors(run.run_dir)
+    try:
+        logged = load_map_errors(run.run_dir)
+    except ValueError as err:
+        opts.notes.append(f"{err}; the logged map errors are not drawn")
+        logged = {}
     tag = _model_tag(opts.ema)
     flow = derived.reference_flow(run, data) if model is not None and tag not in logged else None
     if tag in logged or (flow is None and "model" in logged):
@@ -143,7 +141,11 @@ def _st_maps_of(run, model, data, opts: Options) -> tuple[list[TimeGridMap], lis
                                 s_edges=edges, t_edges=edges, values=values))
         gaps.append([gap_curve_from_grid(values, edges, who)])
         source = "last checkpoint"
-    grads = load_grad_bins(run.run_dir)
+    try:
+        grads = load_grad_bins(run.run_dir)
+    except ValueError as err:
+        opts.notes.append(f"{err}; the gradient bins are not drawn")
+        grads = None
     if grads is not None:
         maps.append(grads[0])
         gaps.append([grads[1]])
@@ -166,6 +168,7 @@ def _per_run(run, label: str, out: Path, opts: Options) -> tuple[_RunState, list
 
     written: list[Path] = []
     slug = _slug(run.name)
+    opts.notes.extend(run.notes)
     if any("loss" in r for r in run.metrics):
         written += save_figure(training_curves(training_curves_of(run)), out, f"{slug}_training")
     else:
@@ -206,7 +209,7 @@ def _quality_of(st: _RunState, opts: Options) -> tuple[str, object, dict] | None
         opts.notes.append(f"{err}; quality from the checkpoint instead")
         found = None
     if found is not None:
-        return "evaluation.json", found[0], found[1]
+        return RunDir(st.run.run_dir).evaluation.name, found[0], found[1]
     if st.model is not None:
         try:
             q = derived.compute_quality(st.model, st.data, steps=opts.steps, n=min(opts.n_samples, 1000),
@@ -301,6 +304,7 @@ def make_figures(run_dirs: list[Path], out: Path, *, options: Options | None = N
     """Build every figure the given run directories support into ``out``; return the written paths.
     Raises ValueError naming the directory when one is not a run directory or has an unknown kind."""
     opts = Options() if options is None else options
+    out = check_out_dir(out, "out")
     by_kind: dict[str, list[Path]] = {}
     for rd in map(Path, run_dirs):
         kind = run_kind(read_config(rd))
@@ -317,28 +321,65 @@ def _steps(text: str) -> tuple[int, ...]:
     try:
         steps = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps must be comma-separated positive ints, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive ints, got {text!r}") from None
     if not steps or min(steps) < 1:
-        raise argparse.ArgumentTypeError(f"--steps must be comma-separated positive ints, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive ints, got {text!r}")
     return steps
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be an EMA rate in (0, 1) (one of the runs' ema_rates), got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return v
+
+
+def check_out_dir(out: str | Path, name: str = "--out") -> Path:
+    """A directory figures can be written to, without creating it: not '', not a file, and the
+    nearest existing ancestor a writable directory. ValueError naming ``name`` otherwise."""
+    if str(out) == "":
+        raise ValueError(f"{name} must name a directory, got '' (use '.' for the current directory)")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} must be a directory, but {path} is a file")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{name} {path} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path} cannot be created or written: {probe} is not writable")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.make_figures", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", type=Path)
-    p.add_argument("--out", type=Path, default=Path("figures"))
-    p.add_argument("--ema", type=float, default=None, help="sample from this EMA rate (default: online weights)")
-    p.add_argument("--n-samples", type=int, default=2000, help="samples per panel (default 2000)")
+    p.add_argument("--out", default="figures", help="directory for the figures (default: figures)")
+    p.add_argument("--ema", type=_rate, default=None, help="sample from this EMA rate (default: online weights)")
+    p.add_argument("--n-samples", type=_positive_int, default=2000, help="samples per panel (default 2000)")
     p.add_argument("--steps", type=_steps, default=(1, 2, 4, 8, 16), help="numbers of sampling steps")
-    p.add_argument("--n-times", type=int, default=40000, help="realised (s, t) pairs per run (default 40000)")
+    p.add_argument("--n-times", type=_positive_int, default=40000, help="realised (s, t) pairs per run (default 40000)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for flag, value in (("--n-samples", args.n_samples), ("--n-times", args.n_times)):
-        if value < 1:
-            p.error(f"{flag} must be a positive int, got {value}")
-    opts = Options(ema=args.ema, n_samples=args.n_samples, steps=args.steps, seed=args.seed, n_times=args.n_times)
     try:
-        paths = make_figures(args.run_dirs, args.out, options=opts)
+        out = check_out_dir(args.out, "--out")
+        opts = Options(ema=args.ema, n_samples=args.n_samples, steps=args.steps, seed=args.seed,
+                       n_times=args.n_times)
+        paths = make_figures(args.run_dirs, out, options=opts)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

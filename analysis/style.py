@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt  # the backend is matplotlib's choice: Agg headless, inline in JupyterLab
 
+from workbench.rundir import atomic_write
+
 STYLE = Path(__file__).with_name("style.mplstyle")
 #: fixed figure widths (inches): one column and full page
 WIDTH_SINGLE = 3.35
@@ -19,11 +21,13 @@ def use_style() -> None:
 
 
 def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
-    """Write ``name``.pdf and ``name``.png into out_dir (created); return the paths."""
+    """Write ``name``.pdf and ``name``.png into out_dir (created), each atomically (a crash leaves
+    the previous file or none, never a torn one); close the figure; return the paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.pdf", out / f"{name}.png"]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
+    try:
+        for p in paths:
+            atomic_write(p, lambda f, fmt=p.suffix[1:]: fig.savefig(f, format=fmt))
+    finally:
+        plt.close(fig)
     return paths

@@ -25,8 +25,8 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from analysis.gallery import GalleryPanel, flow_gallery, pushforward_panel
-from workbench.experiments.gallery import FIELDS, gallery_arrays
+from analysis.figures_gallery import GalleryPanel, flow_gallery, pushforward_panel
+from workbench.experiments.gallery_run import FIELDS, gallery_arrays
 from workbench.flows import identities as idn
 from workbench.flows.registry import FLOW_INFO, FLOW_NAMES, make_flow
 

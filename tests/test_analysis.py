@@ -1,4 +1,4 @@
-"""Analysis figures from run directories (issue 5): figure functions on synthetic data, loaders
+"""Analysis figures from run directories: figure functions on synthetic data, loaders
 against hand computations, closed-form time laws against Monte Carlo, make_figures end to end."""
 
 from __future__ import annotations
@@ -507,7 +507,7 @@ def test_make_figures_api_options_and_errors(tmp_path, capsys):
 
 
 def test_gallery_builder_still_works(tmp_path):
-    from workbench.experiments.gallery import write_gallery_run
+    from workbench.experiments.gallery_run import write_gallery_run
 
     rd = write_gallery_run(tmp_path / "gallery", names=("gaussian_2d",), progress=False)
     paths = make_figures([rd], tmp_path / "figs")
@@ -609,3 +609,107 @@ def test_row_labels_are_unique_per_data_set_and_fit_their_row():
         assert label.get_text().replace("\n", "") == methods[list(axes[:, 0]).index(ax)].replace(" (", "(")
         box, panel = label.get_window_extent(renderer), ax.get_window_extent(renderer)
         assert box.height <= panel.height and box.x0 >= fig_box.x0
+
+
+# -- damaged inputs and bad options: notes and usage errors, never tracebacks ------------------------------------
+def test_make_figures_bad_ema_and_out_are_usage_errors(tmp_path, capsys):
+    rd = tmp_path / "fm-run"
+    _hand_run(rd)
+    for ema in ("2", "0", "abc"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(rd), "--out", str(tmp_path / "o"), "--ema", ema])
+        assert exit_info.value.code == 2
+        assert "argument --ema: must be an EMA rate in (0, 1)" in capsys.readouterr().err
+    a_file = tmp_path / "a-file"
+    a_file.write_text("figures go elsewhere")
+    for out, message in ((a_file, "--out must be a directory, but"), (a_file / "sub", "cannot be created"),
+                         ("", "--out must name a directory")):
+        assert main([str(rd), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert a_file.read_text() == "figures go elsewhere"
+    with pytest.raises(ValueError, match="out must be a directory"):
+        make_figures([rd], a_file)
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\xff\xfe binary", b'{"model": {"hidden": 8'])
+def test_make_figures_names_a_damaged_config(tmp_path, capsys, content):
+    rd = tmp_path / "run"
+    rd.mkdir()
+    (rd / "config.json").write_bytes(content)
+    assert main([str(rd), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(rd / "config.json") in err and "Traceback" not in err
+
+
+def test_damaged_metrics_rows_are_left_out_and_noted(tmp_path):
+    """Binary garbage, a row without an integer step and values of the wrong type: the good rows are
+    drawn as if the bad ones were not there, and the notes count what was left out."""
+    clean, damaged = tmp_path / "clean", tmp_path / "damaged"
+    _hand_run(clean)
+    _hand_run(damaged)
+    good = (clean / "metrics.jsonl").read_bytes()
+    good = good[: good.rindex(b"\n") + 1]  # without the torn last line
+    bad = (b"\x00\x9c\xff\xfe\x80 binary\n" + b'{"step": "abc", "loss": 1.0}\n' + b'{"loss": 2.0}\n'
+           + b'{"step": 25, "loss": "0.1", "grad_norm": [1, 2], "terms/diag_fm": {"x": 1}, "lr": "text is fine"}\n')
+    (damaged / "metrics.jsonl").write_bytes(bad + good)
+    run = loaders.load_training_run(damaged)
+    assert [r["step"] for r in run.metrics] == [25, 5, 10, 20, 30]
+    assert run.metrics[0] == {"step": 25, "lr": "text is fine"}
+    notes = "\n".join(run.notes)
+    assert "skipped 1 line(s) that are not JSON objects" in notes
+    assert "skipped 2 row(s) without an integer step" in notes
+    assert "left out 3 value(s) of the wrong type (not a number) of ['grad_norm', 'loss', 'terms/diag_fm']" in notes
+    want, got = loaders.training_curves_of(loaders.load_training_run(clean)), loaders.training_curves_of(run)
+    np.testing.assert_array_equal(got.loss[0], want.loss[0])  # step 25 has no loss left: not a point
+    np.testing.assert_array_equal(got.loss[1], want.loss[1])
+    opts = Options()
+    paths = make_figures([damaged], tmp_path / "figs", options=opts)
+    assert tmp_path / "figs" / "damaged_training.png" in paths
+    assert any("without an integer step" in n for n in opts.notes)
+
+
+def test_damaged_diagnostics_files_are_noted_and_the_rest_is_drawn(tmp_path):
+    rd = tmp_path / "fm-run"
+    _hand_run(rd)
+    _write_diagnostics(rd)
+    (rd / "diagnosis.json").write_bytes(b'{"first_fired": {"identity": 2')  # truncated
+    (rd / "diagnostics" / "map_error.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    run = loaders.load_training_run(rd)
+    assert any(str(rd / "diagnosis.json") in n and "not valid JSON" in n for n in run.notes)
+    assert loaders.detector_events(run) == (Event(10, "collapse"),)  # from the metrics alone
+    with pytest.raises(ValueError, match="map_error.npz cannot be read"):
+        loaders.load_map_errors(rd)
+    opts = Options()
+    paths = make_figures([rd], tmp_path / "figs", options=opts)
+    assert tmp_path / "figs" / "fm-run_st_maps.png" in paths  # the gradient bins are still drawn
+    assert any("map_error.npz cannot be read" in n and "not drawn" in n for n in opts.notes)
+
+
+def test_save_figure_writes_atomically_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    from analysis.style import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    pdf, png = save_figure(fig, tmp_path / "out", "line")
+    before = png.read_bytes()
+    assert before[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:4] == b"%PDF"
+    fig2, _ = plt.subplots()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("renderer died half-way")
+
+    monkeypatch.setattr(fig2, "savefig", crash)
+    with pytest.raises(RuntimeError, match="half-way"):
+        save_figure(fig2, tmp_path / "out", "line")
+    assert png.read_bytes() == before and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["line.pdf", "line.png"]
+
+
+def test_gallery_run_refuses_unknown_flows_and_a_file(tmp_path):
+    from workbench.experiments.gallery_run import write_gallery_run
+
+    with pytest.raises(ValueError, match="names must be a non-empty tuple of flow names"):
+        write_gallery_run(tmp_path / "g", names=("gmm_9",), progress=False)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ValueError, match="run_dir must be a directory"):
+        write_gallery_run(tmp_path / "f", names=("gaussian_2d",), progress=False)

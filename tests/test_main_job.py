@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.experiments import jobs, main_job
+from workbench.experiments import jobs, main_job, stopping
 from workbench.experiments.evaluate import EVALUATION_FILE, EvalSpec, evaluate_model, read_evaluation
 from workbench.experiments.main_job import (
     BUDGETS,
@@ -27,6 +27,7 @@ from workbench.experiments.main_job import (
     run_state,
 )
 from workbench.experiments.report import METRIC_TITLES, format_number
+from workbench.experiments.specs import Job
 from workbench.flows.registry import make_flow
 from workbench.losses import OBJECTIVES
 from workbench.models import ExactFlowMap
@@ -143,11 +144,10 @@ def test_rerun_skips_finished_runs_and_refuses_another_plan(smoke):
         run_state(make_job(other, root, "gmm", SMOKE.methods[0]))
 
 
-def _tiny_job(tmp_path: Path, **kw) -> dict:
+def _tiny_job(tmp_path: Path, **kw) -> Job:
     plan = dataclasses.replace(SMOKE, steps=6, log_every=2, **kw)
     job = make_job(plan, tmp_path, "gmm", "lsd")
-    job["diagnostics"] = dict(job["diagnostics"], periodic=0)
-    return job
+    return dataclasses.replace(job, diagnostics=dataclasses.replace(job.diagnostics, periodic=0))
 
 
 def test_stop_then_resume_then_skip(tmp_path, monkeypatch):
@@ -160,14 +160,14 @@ def test_stop_then_resume_then_skip(tmp_path, monkeypatch):
             self.checks += 1
             return self.checks > 1
 
-    monkeypatch.setattr(jobs, "_STOP", StopOnceStarted())
+    monkeypatch.setattr(stopping, "_STOP", StopOnceStarted())
     res = jobs.run_job(job)
-    rd = Path(job["run_dir"])
-    assert res["status"] == "interrupted" and res["training"]["steps_done"] == 1
+    rd = job.run_dir
+    assert res.status == "interrupted" and res.training.steps_done == 1
     assert not (rd / EVALUATION_FILE).exists() and run_state(job) == "resume"
-    monkeypatch.setattr(jobs, "_STOP", threading.Event())
+    monkeypatch.setattr(stopping, "_STOP", threading.Event())
     res = jobs.run_job(job)  # resumes from the checkpoint of step 1
-    assert res["status"] == "completed" and res["training"]["steps_done"] == 6 and res["training"]["sessions"] == 2
+    assert res.status == "completed" and res.training.steps_done == 6 and res.training.sessions == 2
     assert run_state(job) == "done" and read_evaluation(rd)["step"] == 6
     sessions = [json.loads(line) for line in (rd / "sessions.jsonl").read_text().splitlines()]
     assert [s["start_step"] for s in sessions] == [0, 1]
@@ -176,8 +176,8 @@ def test_stop_then_resume_then_skip(tmp_path, monkeypatch):
 def test_time_cap_stops_and_evaluates(tmp_path):
     job = _tiny_job(tmp_path, max_run_seconds=1e-9)
     res = jobs.run_job(job)
-    assert res["status"] == "time_cap" and res["training"]["steps_done"] == 1
-    ev = read_evaluation(job["run_dir"])
+    assert res.status == "time_cap" and res.training.steps_done == 1
+    ev = read_evaluation(job.run_dir)
     assert ev["step"] == 1 and ev["training"]["status"] == "time_cap"
 
 
@@ -230,3 +230,29 @@ def test_figures_leave_out_runs_with_non_finite_samples(tmp_path, monkeypatch):
     fail = True  # the figure code fails: the gallery alone is drawn and the failure is noted
     paths, notes = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
     assert calls == [[gallery, good], [gallery]] and any("figure code broke" in n for n in notes)
+
+
+def test_runs_or_figures_that_cannot_be_directories_are_usage_errors(tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for argv, message in ((["--runs", str(a_file)], "--runs must be a directory"),
+                          (["--figures", str(a_file / "figs"), "--runs", str(tmp_path / "runs")], "--figures"),
+                          (["--runs", ""], "--runs must name a directory")):
+        assert main(["--budget", "smoke", "--no-progress", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "gallery").exists()  # refused before any work
+
+
+def test_run_state_names_a_damaged_config_and_redoes_a_damaged_evaluation(tmp_path):
+    job = _tiny_job(tmp_path)
+    rd = job.rundir
+    rd.path.mkdir(parents=True)
+    rd.config.write_bytes(b"\x00\xff binary")
+    with pytest.raises(ValueError, match=re.escape(str(rd.config))):
+        run_state(job)
+    rd.config.write_text(json.dumps(job.config.to_dict()))
+    rd.evaluation.write_text('{"spec": {"steps": [1, 2')  # torn: evaluated again
+    assert read_evaluation(rd.path) is None and run_state(job) == "resume"
+    rd.evaluation.write_text(json.dumps({"spec": job.evaluation.to_dict()}))
+    assert run_state(job) == "done"

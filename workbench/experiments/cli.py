@@ -8,21 +8,26 @@
 
 Keys are config fields, dotted (``--optim.lr 3e-4``) or by a unique leaf name (``--lr 3e-4``);
 ``--objective.<field>`` sets an objective override and ``--data.<kwarg>`` a data keyword (JSON
-values). Exit codes: 0 done, 1 diverged, 2 usage error, 128 + signal number when stopped by
-SIGINT/SIGTERM (a checkpoint is written first; resume with ``--resume``).
+values). ``--resume`` takes the run directory (or the config.json inside it). Exit codes: 0 done,
+1 diverged, 2 usage error (a bad option or value, an unusable run directory, an unreadable
+config.json, a batch or model too large for the machine: one line on stderr, no traceback),
+128 + signal number when stopped by SIGINT/SIGTERM (a checkpoint is written first; resume with
+``--resume``; :mod:`workbench.experiments.stopping`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
+from ..rundir import RunDir, check_run_dir
 from ..training.config import TrainConfig, apply_overrides, config_keys
+from .stopping import signal_exit_code, stop_on_signals
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
 
@@ -77,31 +82,6 @@ def parse_overrides(args: Sequence[str]) -> tuple[dict[str, str], dict[str, str 
     return overrides, flags
 
 
-@contextlib.contextmanager
-def stop_on_signals(trainer) -> Iterator[list[int]]:
-    """While active, SIGINT/SIGTERM ask the trainer to checkpoint and stop after the current step
-    (and put the previous handlers back at once, so a second Ctrl-C interrupts immediately); the
-    previous handlers are restored on exit. Yields the list of signals received."""
-    received: list[int] = []
-    previous: dict[int, object] = {}
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    def handler(signum, frame):
-        received.append(signum)
-        trainer.request_stop(f"received {signal.Signals(signum).name}")
-        restore()
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        previous[s] = signal.signal(s, handler)
-    try:
-        yield received
-    finally:
-        restore()
-
-
 def _callbacks(config: TrainConfig, data) -> list:
     if not config.eval_every:
         return []
@@ -114,8 +94,42 @@ def _callbacks(config: TrainConfig, data) -> list:
     return [FlowMapErrorCallback(flow, every=config.eval_every, seed=config.seed)]
 
 
-def _validate(config: TrainConfig) -> None:
-    """Build the data source, the objective and the callbacks once (what a run would fail on first)."""
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says an allocation failed (CPU or CUDA)."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _check_batch(config: TrainConfig, data) -> None:
+    """Draw one data batch on the CPU: a batch too large for the machine (``--batch_size 1e12``) is
+    a usage error naming the setting, not a crash at step 1. (The error is cut to its last line:
+    torch appends C++ frames to some.)"""
+    from ..training.build import DTYPES
+
+    try:
+        data.sample(config.batch_size, torch.Generator().manual_seed(0), dtype=DTYPES[config.dtype])
+    except (RuntimeError, MemoryError, OverflowError, TypeError, ValueError) as err:
+        raise UsageError(f"--batch_size {config.batch_size}: one batch of data cannot be drawn "
+                         f"({_first_line(err)}); use a smaller batch") from None
+
+
+def _too_large(config: TrainConfig, err: BaseException, where: str) -> UsageError:
+    m = config.model
+    return UsageError(f"out of memory {where} ({_first_line(err)}); the batch (--batch_size {config.batch_size}) "
+                      f"or the model (--model.hidden {m.hidden}, --model.depth {m.depth}) is too large for this "
+                      "machine")
+
+
+def _prepare(config: TrainConfig) -> tuple[object, list]:
+    """Build the data source, the objective and the callbacks, and draw one batch (what a run would
+    fail on first); returns (data, callbacks)."""
     from ..data import get_data
     from ..training.build import build_objective, check_schedules
 
@@ -124,7 +138,9 @@ def _validate(config: TrainConfig) -> None:
         check_schedules(build_objective(config.objective, data), config.objective.schedules)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from err
-    _callbacks(config, data)
+    callbacks = _callbacks(config, data)
+    _check_batch(config, data)
+    return data, callbacks
 
 
 def _default_run_dir(preset: str) -> Path:
@@ -135,36 +151,82 @@ def _default_run_dir(preset: str) -> Path:
     return path
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool) -> int:
-    from ..data import get_data
-    from ..training.trainer import Trainer
+def _run_dir(text: object, flag: str, *, create: bool = True) -> Path:
+    """The validated run directory of ``flag`` (created when ``create``): not '', not a file, not
+    under a file, writable."""
+    try:
+        return check_run_dir(text, flag, create=create).path
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from None
+
+
+def _resume_dir(text: str) -> RunDir:
+    """The run directory ``--resume`` names: the directory itself, or its config.json."""
+    path = Path(text) if text else None
+    if path is not None and path.is_file():
+        if path.name != RunDir(path.parent).config.name:
+            raise UsageError(f"--resume takes a run directory, but {path} is a file; pass the directory that holds "
+                             f"the run's {RunDir(path.parent).config.name}")
+        path = path.parent
+    rd = RunDir(_run_dir(text if path is None else path, "--resume", create=False))
+    if not rd.config.is_file():
+        raise UsageError(f"--resume {rd.path}: no {rd.config.name} there; pass the directory of a run "
+                         "(the one given to --run-dir)")
+    return rd
+
+
+def load_config(rd: RunDir) -> TrainConfig:
+    """The run's config (:func:`workbench.experiments.evaluate.load_run_config`); UsageError naming
+    the file when it is unreadable (binary, truncated) or not a valid training config."""
+    from .evaluate import load_run_config
 
     try:
-        data = get_data(config.data.name, **config.data.kwargs)
-        callbacks = _callbacks(config, data)
+        return load_run_config(rd.path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _train(config: TrainConfig, run_dir: str, resume: bool) -> int:
+    """Train ``config`` in ``run_dir`` (the text given, validated here: '' is refused, not read
+    as the current directory)."""
+    from ..training.trainer import Trainer
+
+    data, callbacks = _prepare(config)
+    existed = Path(run_dir).exists() if run_dir else True
+    run_dir = _run_dir(run_dir, "--resume" if resume else "--run-dir")
+    try:
         trainer = Trainer(config, run_dir, callbacks=callbacks, data=data, resume=resume)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RuntimeError, MemoryError) as err:
+        if isinstance(err, (RuntimeError, MemoryError)) and not out_of_memory(err):
+            raise
+        if not existed and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # leave no empty directory behind a refused command line
+        if out_of_memory(err):
+            raise _too_large(config, err, "while building the model") from None
         raise UsageError(str(err)) from err
     print(f"run directory: {run_dir}" + (f" (resuming at step {trainer.step})" if resume else ""), file=sys.stderr)
-    with stop_on_signals(trainer) as received:
-        result = trainer.fit()
+    try:
+        with stop_on_signals(trainer) as received:
+            result = trainer.fit()
+    except (RuntimeError, MemoryError) as err:
+        if not out_of_memory(err):
+            raise
+        raise _too_large(config, err, f"at step {trainer.step + 1}") from None
     print(result.message, file=sys.stderr)
     if result.status == "diverged":
         return EXIT_DIVERGED
     if result.status == "interrupted" and received:
-        return 128 + int(received[0])
+        return signal_exit_code(received[0])
     return EXIT_OK
 
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] == "main":
-        try:
-            from . import main_job
-        except ImportError as err:
-            raise UsageError(f"the main job (workbench/experiments/main_job.py) is not available: {err}") from err
+        from . import main_job
+
         return int(main_job.main(argv[1:]) or 0)
     if argv and argv[0] == "bench":
-        from .benchmark import main as bench_main
+        from .step_benchmark import main as bench_main
 
         return bench_main(argv[1:])
     preset_name = argv[0] if argv and not argv[0].startswith("-") else None
@@ -175,12 +237,8 @@ def _run(argv: list[str]) -> int:
     if "resume" in flags:
         if preset_name or overrides or "run-dir" in flags:
             raise UsageError("--resume RUN_DIR takes no preset and no other options (the run's config.json is used)")
-        run_dir = Path(flags["resume"])
-        try:
-            config = TrainConfig.load(run_dir)
-        except ValueError as err:
-            raise UsageError(str(err)) from err
-        return _train(config, run_dir, resume=True)
+        rd = _resume_dir(str(flags["resume"]))
+        return _train(load_config(rd), str(rd.path), resume=True)
     if preset_name is None:
         raise UsageError("give a preset name (see --help) or --resume RUN_DIR")
     from .presets import get_presets
@@ -190,13 +248,15 @@ def _run(argv: list[str]) -> int:
         raise UsageError(f"unknown preset {preset_name!r}; choose one of: {', '.join(presets)}")
     try:
         config = apply_overrides(presets[preset_name].config, overrides)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
+    except (ValueError, TypeError) as err:  # the config's own validation: a message naming the key
+        raise UsageError(str(err)) from None
     if flags.get("dry-run"):
-        _validate(config)
+        _prepare(config)
+        if "run-dir" in flags:
+            _run_dir(flags["run-dir"], "--run-dir", create=False)
         print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return EXIT_OK
-    run_dir = Path(flags["run-dir"]) if "run-dir" in flags else _default_run_dir(preset_name)
+    run_dir = str(flags["run-dir"]) if "run-dir" in flags else str(_default_run_dir(preset_name))
     return _train(config, run_dir, resume=False)
 
 

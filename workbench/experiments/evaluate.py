@@ -4,7 +4,8 @@
 What is measured, all in float64 with one seeded generator (the same draws for every method):
 
 * **quality vs steps**: N-step flow-map samples x_{k+1} = X_{t_k,t_{k+1}}(x_k), t_k = k / N, from
-  x_0 ~ N(0, I), for N in ``spec.steps`` (B25 digest 5.4), against ``spec.n`` fresh data samples:
+  x_0 ~ N(0, I) (``workbench.sampling.sample_flow_map``), for N in ``spec.steps`` (the
+  quality-against-steps protocol of B25's experiments), against ``spec.n`` fresh data samples:
   exact W2, sliced W2, unbiased MMD^2 and the energy distance
   (``workbench.diagnostics.metrics.quality_vs_steps``), plus the 1-step vs N-step drift;
 * **histogram KL** (when ``spec.kl_box`` is given; the checkerboard): KL(p_data || p_model) between
@@ -21,56 +22,48 @@ What is measured, all in float64 with one seeded generator (the same draws for e
 * **detectors**: the verdicts of ``diagnosis.json`` (the diagnostics callback, written at the end
   of training) for the evaluated weights, else ``workbench.diagnostics.diagnose`` run here.
 
+The spec is an :class:`~workbench.experiments.specs.EvalSpec` (re-exported here); the document is
+written with ``workbench.rundir.atomic_write_json`` to the run's ``RunDir.evaluation``.
+
 A metric that cannot be computed (non-finite samples of a diverged run) is recorded as null with
 the reason under ``errors``; the evaluation itself never raises for that.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..flows.base import data_end_time
+from ..rundir import EVALUATION as EVALUATION_FILE
+from ..rundir import RunDir, atomic_write_json, read_json
+from ..sampling import sample_flow_map
 from ..training.build import DTYPES, build_model
 from ..training.checkpoint import load_latest
 from ..training.config import TrainConfig
 from ..training.metrics import read_metrics
+from .specs import EvalSpec
 
-EVALUATION_FILE = "evaluation.json"
+__all__ = ["EVALUATION_FILE", "EvalSpec", "InDtype", "evaluate_model", "evaluate_run", "load_run_config",
+           "load_trained_model", "model_tag", "read_evaluation"]
+
 F64 = torch.float64
 QUALITY_METRICS = ("w2", "sliced_w2", "mmd2", "energy")
 
 
-@dataclass(frozen=True)
-class EvalSpec:
-    """How a run is evaluated (see the module docstring).
-
-    steps: numbers of sampling steps; n: samples per side for W2 / sliced W2 / MMD^2 / energy;
-    n_kl, kl_bins, kl_box: the histogram KL (None box: no KL); n_map: points for the oracle errors;
-    ema: the EMA rate whose weights are evaluated (None: the online weights); n_diagnose: points
-    per detector evaluation set when ``diagnose`` runs here; seed: of every draw.
-    """
-
-    steps: tuple[int, ...] = (1, 2, 4, 8, 16)
-    n: int = 2000
-    n_kl: int = 20000
-    kl_bins: int = 16
-    kl_box: tuple[tuple[float, float], ...] | None = None
-    n_map: int = 1000
-    ema: float | None = None
-    n_diagnose: int = 256
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The run's TrainConfig; ValueError naming the file when it is missing, unreadable or invalid."""
+    path = RunDir(run_dir).config
+    doc = read_json(path, what="config")
+    try:
+        return TrainConfig.from_dict(doc)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid training config: {err}") from None
 
 
 def model_tag(ema: float | None) -> str:
@@ -82,7 +75,7 @@ def load_trained_model(run_dir: str | Path, ema: float | None, *, device: torch.
                        dtype: torch.dtype = F64) -> tuple[torch.nn.Module, int]:
     """The run's newest checkpoint as a model (online weights, or the EMA of rate ``ema``) in eval
     mode, and the checkpoint's step."""
-    cfg = TrainConfig.load(run_dir)
+    cfg = load_run_config(run_dir)
     from ..data import get_data
 
     dim = get_data(cfg.data.name, **cfg.data.kwargs).dim
@@ -131,6 +124,12 @@ def _guard(errors: dict[str, str], key: str, fn: Callable[[], Any]) -> Any:
     return value
 
 
+def _samples(model, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """N-step flow-map samples from ``x0`` without building a graph (a non-finite state raises)."""
+    with torch.no_grad():
+        return sample_flow_map(model, x0, n_steps=n_steps)
+
+
 def _quality(model, data, spec: EvalSpec, g: torch.Generator, device, errors: dict) -> tuple[dict, dict]:
     from ..diagnostics.metrics import SAMPLE_METRICS, quality_vs_steps
 
@@ -147,22 +146,20 @@ def _quality(model, data, spec: EvalSpec, g: torch.Generator, device, errors: di
 
 
 def _kl(model, data, spec: EvalSpec, g: torch.Generator, device, errors: dict) -> tuple[list, float | None]:
-    from ..diagnostics.metrics import histogram_kl, sample_with_steps
+    from ..diagnostics.metrics import histogram_kl
 
     box = [tuple(map(float, b)) for b in spec.kl_box]
     ref = data.sample(spec.n_kl, g, dtype=F64, device=device)
     ref2 = data.sample(spec.n_kl, g, dtype=F64, device=device)
     x0 = torch.randn(spec.n_kl, ref.shape[1], generator=g, dtype=F64, device=device)
     floor = _guard(errors, "floor/kl", lambda: histogram_kl(ref, ref2, bins=spec.kl_bins, box=box))
-    vals = [_guard(errors, f"kl/{k}", lambda k=k: histogram_kl(ref, sample_with_steps(model, x0, k), bins=spec.kl_bins,
+    vals = [_guard(errors, f"kl/{k}", lambda k=k: histogram_kl(ref, _samples(model, x0, k), bins=spec.kl_bins,
                                                               box=box)) for k in spec.steps]
     return vals, floor
 
 
 def _oracle(model, flow, spec: EvalSpec, g: torch.Generator, device, errors: dict) -> dict:
     """RMS |x^(N)(x0) - X_{0,T}(x0)| per N, and the RMS one-jump map error on the triangle."""
-    from ..diagnostics.metrics import sample_with_steps
-
     t_max = data_end_time(flow)
     x0 = torch.randn(spec.n_map, flow.dim, generator=g, dtype=F64)
     exact = flow.flow_map(0.0, t_max, x0).to(device)
@@ -172,7 +169,7 @@ def _oracle(model, flow, spec: EvalSpec, g: torch.Generator, device, errors: dic
         return float((a - b).pow(2).sum(dim=1).mean().sqrt())
 
     grid_end = spec.steps if t_max == 1.0 else ()
-    per_n = [_guard(errors, f"oracle/steps/{k}", lambda k=k: rms(sample_with_steps(model, x0, k), exact))
+    per_n = [_guard(errors, f"oracle/steps/{k}", lambda k=k: rms(_samples(model, x0, k), exact))
              for k in grid_end] or [None] * len(spec.steps)
     st = torch.rand(spec.n_map, 2, generator=g, dtype=F64).sort(dim=1).values * t_max
     s, t = st[:, 0], st[:, 1]
@@ -186,24 +183,29 @@ def _oracle(model, flow, spec: EvalSpec, g: torch.Generator, device, errors: dic
 
 
 def _detectors(run_dir: Path, model, spec: EvalSpec, data, flow, device) -> dict:
-    """Fired detectors of the evaluated weights: diagnosis.json when the callback wrote it."""
+    """Fired detectors of the evaluated weights: diagnosis.json when the callback wrote it (and it
+    can be read), else ``diagnose`` run here (the source says why)."""
     tag = model_tag(spec.ema)
-    path = run_dir / "diagnosis.json"
+    path = RunDir(run_dir).diagnosis_json
+    source = "diagnose"
     if path.is_file():
-        doc = json.loads(path.read_text())
-        entry = doc.get("models", {}).get(tag)
-        if entry is not None:
-            reports = entry.get("reports", [])
-            return {"source": "diagnosis.json", "model": tag, "fired": list(entry.get("fired", [])),
-                    "evaluated": [r["name"] for r in reports], "first_fired": doc.get("first_fired", {}),
-                    "evidence": {r["name"]: r["evidence"] for r in reports if r.get("fired")}}
+        try:
+            doc = read_json(path, what="diagnosis")
+            entry = doc.get("models", {}).get(tag)
+            if entry is not None:
+                reports = entry.get("reports", [])
+                return {"source": path.name, "model": tag, "fired": list(entry.get("fired", [])),
+                        "evaluated": [r["name"] for r in reports], "first_fired": doc.get("first_fired", {}),
+                        "evidence": {r["name"]: r["evidence"] for r in reports if r.get("fired")}}
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            source = f"diagnose ({path.name} could not be read: {err})"
     from ..diagnostics import diagnose
 
     g = torch.Generator(device=device).manual_seed(spec.seed)
     samples = data.sample(2 * spec.n_diagnose, g, dtype=F64, device=device)
     reports = diagnose(model, reference=flow, data=samples, history=read_metrics(run_dir), n=spec.n_diagnose,
                        generator=g)
-    return {"source": "diagnose", "model": tag, "fired": [r.name for r in reports if r.fired],
+    return {"source": source, "model": tag, "fired": [r.name for r in reports if r.fired],
             "evaluated": [r.name for r in reports], "first_fired": {},
             "evidence": {r.name: r.evidence for r in reports if r.fired}}
 
@@ -213,6 +215,8 @@ def evaluate_model(model: torch.nn.Module, data: Any, spec: EvalSpec, *, device:
     on ``device`` (a trained network, ``workbench.models.ExactFlowMap(flow)``, a degenerate map):
     {"quality": {metric: [value per N]}, "floor": {metric: value}, "oracle": dict or None,
     "errors": {key: reason}}. The oracle is the data source's ``as_flow()`` when it has one."""
+    if not isinstance(spec, EvalSpec):
+        raise TypeError(f"spec must be an EvalSpec, got {type(spec).__name__}")
     device = torch.device(device)
     try:
         flow = data.as_flow()
@@ -235,11 +239,14 @@ def evaluate_run(run_dir: str | Path, spec: EvalSpec, *, training: dict | None =
     """Evaluate the run's newest checkpoint (:func:`evaluate_model` plus the detectors), write
     ``evaluation.json`` atomically and return its content. ``training`` (status, steps, seconds,
     ...) is stored as given."""
+    if not isinstance(spec, EvalSpec):
+        raise TypeError(f"spec must be an EvalSpec, got {type(spec).__name__}")
     from ..data import get_data
 
     t0 = time.perf_counter()
-    run = Path(run_dir)
-    cfg = TrainConfig.load(run)
+    rd = RunDir(run_dir)
+    run = rd.path
+    cfg = load_run_config(run)
     device = torch.device(device)
     data = get_data(cfg.data.name, **cfg.data.kwargs)
     model, step = load_trained_model(run, spec.ema, device=device, dtype=DTYPES[cfg.dtype])
@@ -254,32 +261,17 @@ def evaluate_run(run_dir: str | Path, spec: EvalSpec, *, training: dict | None =
         "model": model_tag(spec.ema), "spec": spec.to_dict(), "config": cfg.to_dict(), "steps": list(spec.steps),
         **measured, "detectors": detectors, "training": training or {}, "seconds": time.perf_counter() - t0,
     }
-    write_json_atomic(run / EVALUATION_FILE, doc)
+    atomic_write_json(rd.evaluation, doc, indent=1)
     return doc
 
 
-def write_json_atomic(path: Path, doc: dict) -> None:
-    """Write JSON (non-finite floats as null) to a temporary file, then rename it over ``path``."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(doc), indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def read_evaluation(run_dir: str | Path) -> dict | None:
-    """The run's evaluation.json, or None when it has none (or a torn one)."""
-    path = Path(run_dir) / EVALUATION_FILE
+    """The run's evaluation.json, or None when it has none or an unreadable one (torn, binary:
+    the run is then evaluated again)."""
+    path = RunDir(run_dir).evaluation
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return read_json(path, what="evaluation")
+    except ValueError:
         return None

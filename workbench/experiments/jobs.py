@@ -1,73 +1,62 @@
 """One run of the main job, as executed in a worker process: train (or resume) with the
 diagnostics callbacks attached, then evaluate (``evaluate.evaluate_run``).
 
-Worker processes are started by :func:`workbench.experiments.main_job.run_plan` with
-:func:`init_worker` (one torch thread each, SIGINT ignored outside training, a message queue for
-progress and a stop event). A job is a plain dict (picklable):
-
-    {"run_dir": str, "config": TrainConfig dict, "eval": EvalSpec dict, "diagnostics": dict,
-     "max_seconds": float (0 = no time cap), "progress_every": int}
-
-and :func:`run_job` returns a dict with ``status`` ("completed", "time_cap", "diverged",
-"interrupted"), the training summary and, unless interrupted, the evaluation document.
-A run whose training was stopped by the time cap is evaluated as it stands (the report says so);
-an interrupted one keeps its checkpoint and resumes when the main job runs again.
+Worker processes are started by :func:`workbench.experiments.parallel.run_jobs` with
+:func:`init_worker` (``threads`` torch threads each, the progress queue, and the stop handling of
+:mod:`workbench.experiments.stopping`). A job is a :class:`~workbench.experiments.specs.Job`;
+:func:`run_job` returns a :class:`~workbench.experiments.specs.JobResult` whose status is
+"completed", "time_cap", "diverged" or "interrupted", with the training summary (also written to
+the run's ``training.json``) and, unless interrupted, the evaluation document. A run whose training
+was stopped by the time cap is evaluated as it stands (the report says so); an interrupted one
+keeps its checkpoint and resumes when the main job runs again.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..rundir import TRAINING as TRAINING_FILE
+from ..rundir import RunDir, atomic_write_json, read_json
 from ..training.callbacks import Callback, StepRecord, TrainContext
-from ..training.config import TrainConfig
 from ..training.trainer import latest_step
+from .specs import RUN_STATUSES, DiagnosticsSpec, Job, JobResult, ProgressMessage, TrainingSummary
+from .stopping import init_worker_stop, stop_on_signals, stop_requested
 
-TRAINING_FILE = "training.json"
+__all__ = ["TRAINING_FILE", "ProgressCallback", "diagnostics_callbacks", "init_worker", "post", "run_job"]
 
-_QUEUE: Any = None
-_STOP: Any = None
-_PARENT: int | None = None
+_QUEUE: Any = None  # the parent's progress queue (anything with put()), None outside a worker
 
 
 def init_worker(queue: Any = None, stop: Any = None, threads: int = 1) -> None:
-    """Worker initialiser: ``threads`` torch threads, the progress queue and stop event, and
-    SIGINT ignored (training installs its own handler; the parent decides what to do)."""
-    global _QUEUE, _STOP, _PARENT
-    _QUEUE, _STOP, _PARENT = queue, stop, os.getppid()
+    """Worker initialiser: ``threads`` torch threads, the progress ``queue`` and the parent's
+    ``stop`` event (:func:`workbench.experiments.stopping.init_worker_stop`: SIGINT ignored)."""
+    global _QUEUE
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    _QUEUE = queue
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)
     except RuntimeError:  # already set in this process
         pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init_worker_stop(stop)
 
 
-def post(run: str, kind: str, **payload: Any) -> None:
-    """Send a progress message to the parent (no-op without a queue)."""
+def post(run: str, kind: str, **fields: Any) -> ProgressMessage:
+    """Build a :class:`ProgressMessage` (validated) and send it to the parent (when there is a queue)."""
+    msg = ProgressMessage(run=run, kind=kind, **fields)
     if _QUEUE is not None:
-        _QUEUE.put({"run": run, "kind": kind, "time": time.time(), **payload})
-
-
-def stop_requested() -> str | None:
-    """Why this worker should stop: the parent's stop event is set, or the parent is gone."""
-    if _STOP is not None and _STOP.is_set():
-        return "stop requested by the main job"
-    if _PARENT is not None and os.getppid() != _PARENT:
-        return "the main job's process is gone"
-    return None
+        _QUEUE.put(msg)
+    return msg
 
 
 class ProgressCallback(Callback):
     """Posts the step and loss every ``post_every`` steps; asks the trainer to stop (checkpoint
-    first) when :func:`stop_requested` says so or when the session has trained for
-    ``max_seconds`` (0: no cap). Runs at every step."""
+    first) when :func:`~workbench.experiments.stopping.stop_requested` says so or when the session
+    has trained for ``max_seconds`` (0: no cap). Runs at every step."""
 
     every = 1
 
@@ -84,7 +73,7 @@ class ProgressCallback(Callback):
     def on_step_end(self, ctx: TrainContext, record: StepRecord) -> None:
         elapsed = time.perf_counter() - self._t0
         if ctx.step % self.post_every == 0:
-            post(self.run, "step", step=ctx.step, total=self.total, loss=record.loss, seconds=elapsed)
+            post(self.run, "step", step=ctx.step, total=self.total, loss=float(record.loss), seconds=elapsed)
         if self.trainer is None:
             return None
         reason = stop_requested()
@@ -96,82 +85,82 @@ class ProgressCallback(Callback):
         return None
 
 
-def diagnostics_callbacks(spec: dict, steps: int) -> list[Callback]:
+def diagnostics_callbacks(spec: DiagnosticsSpec, steps: int) -> list[Callback]:
     """The diagnostics callbacks of workbench.diagnostics (cheap per-step signals, periodic
-    gradient / oracle / quality diagnostics, end-of-run diagnosis), configured by ``spec``:
-    {"periodic": int (evaluations per run, 0: none), "n_grad", "grid", "n_cell", "n_samples",
-    "n_diagnose", "ema": bool}."""
+    gradient / oracle / quality diagnostics, end-of-run diagnosis) configured by ``spec``."""
     from ..diagnostics.callbacks import DiagnosisCallback, PeriodicDiagnosticsCallback, TrainingSignalsCallback
 
+    if not isinstance(spec, DiagnosticsSpec):
+        raise TypeError(f"spec must be a DiagnosticsSpec, got {type(spec).__name__}")
     out: list[Callback] = [TrainingSignalsCallback()]
-    if spec.get("periodic", 0) > 0:
-        every = max(1, steps // spec["periodic"])
-        out.append(PeriodicDiagnosticsCallback(every=every, n_grad=spec["n_grad"], grid=spec["grid"],
-                                               n_cell=spec["n_cell"], n_samples=spec["n_samples"],
+    if spec.periodic > 0:
+        every = max(1, steps // spec.periodic)
+        out.append(PeriodicDiagnosticsCallback(every=every, n_grad=spec.n_grad, grid=spec.grid,
+                                               n_cell=spec.n_cell, n_samples=spec.n_samples,
                                                steps=(1, 2, 4, 8), metrics=("sliced_w2", "energy")))
-    out.append(DiagnosisCallback(n=spec["n_diagnose"], include_ema=spec.get("ema", True)))
+    out.append(DiagnosisCallback(n=spec.n_diagnose, include_ema=spec.ema))
     return out
 
 
-def _read_json(path: Path) -> dict:
+def _prior_summary(rd: RunDir) -> TrainingSummary | None:
+    """The summary of the sessions before this one (None for a first session or an unreadable file,
+    whose sessions and seconds are then counted from zero)."""
+    if not rd.training.is_file():
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+        return TrainingSummary.from_dict(read_json(rd.training, what="training summary"))
+    except (TypeError, ValueError):
+        return None
 
 
-def _train(job: dict, run: str) -> dict:
+def _train(job: Job) -> TrainingSummary:
     from ..data import get_data
     from ..training.trainer import Trainer
-    from .cli import stop_on_signals
 
-    cfg = TrainConfig.from_dict(job["config"])
-    run_dir = Path(job["run_dir"])
-    resume = (run_dir / "config.json").is_file()
-    done_before = latest_step(run_dir) if resume else 0
-    prior = _read_json(run_dir / TRAINING_FILE)
-    if resume and done_before >= cfg.steps and (run_dir / "diagnosis.json").is_file():
-        return prior | {"status": "completed", "steps_done": done_before}
+    cfg, rd = job.config, job.rundir
+    resume = rd.config.is_file()
+    done_before = latest_step(rd.path) if resume else 0
+    prior = _prior_summary(rd)
+    if resume and done_before >= cfg.steps and rd.diagnosis_json.is_file() and prior is not None:
+        return TrainingSummary(**{**prior.to_dict(), "status": "completed", "steps_done": done_before})
     data = get_data(cfg.data.name, **cfg.data.kwargs)
-    progress = ProgressCallback(run, cfg.steps, job["progress_every"], job.get("max_seconds", 0.0))
-    callbacks = [progress, *diagnostics_callbacks(job["diagnostics"], cfg.steps)]
-    trainer = Trainer(cfg, run_dir, callbacks=callbacks, data=data, resume=resume)
+    progress = ProgressCallback(job.name, cfg.steps, job.progress_every, job.max_seconds)
+    callbacks = [progress, *diagnostics_callbacks(job.diagnostics, cfg.steps)]
+    trainer = Trainer(cfg, rd.path, callbacks=callbacks, data=data, resume=resume)
     progress.trainer = trainer
     t0 = time.perf_counter()
     with stop_on_signals(trainer) as received:
         result = trainer.fit()
-    seconds = time.perf_counter() - t0 + float(prior.get("seconds", 0.0))
     status = result.status
     if status == "interrupted" and progress.capped and not received:
         status = "time_cap"
-    summary = {"status": status, "steps_done": result.step, "steps_planned": cfg.steps, "seconds": seconds,
-               "skipped_total": result.skipped_total, "message": result.message, "sessions": int(prior.get("sessions", 0)) + 1,
-               "device": str(trainer.device)}
-    from .evaluate import write_json_atomic
-
-    write_json_atomic(run_dir / TRAINING_FILE, summary)
+    if status not in RUN_STATUSES:
+        raise RuntimeError(f"the trainer ended {job.name} with status {status!r} ({result.message}), "
+                           f"which the main job does not know (expected one of {RUN_STATUSES})")
+    summary = TrainingSummary(
+        status=status, steps_done=result.step, steps_planned=cfg.steps,
+        seconds=time.perf_counter() - t0 + (prior.seconds if prior else 0.0), skipped_total=result.skipped_total,
+        message=result.message, sessions=(prior.sessions if prior else 0) + 1, device=str(trainer.device))
+    atomic_write_json(rd.training, summary.to_dict())
     return summary
 
 
-def run_job(job: dict) -> dict:
-    """Train and evaluate one run (module docstring); returns {"run", "status", "training", "evaluation"}."""
-    from .evaluate import EvalSpec, evaluate_run
-
-    run = Path(job["run_dir"]).name
-    if stop_requested() is not None:  # queued before the stop: leave the run as it is
-        return {"run": run, "status": "interrupted", "training": {"steps_done": None}, "evaluation": None}
-    training = _train(job, run)
-    if training["status"] == "interrupted":
-        post(run, "interrupted", step=training["steps_done"])
-        return {"run": run, "status": "interrupted", "training": training, "evaluation": None}
-    post(run, "evaluating", step=training["steps_done"], seconds=training["seconds"])
-    spec_d = dict(job["eval"])
-    spec_d["steps"] = tuple(spec_d["steps"])
-    if spec_d.get("kl_box") is not None:
-        spec_d["kl_box"] = tuple(tuple(b) for b in spec_d["kl_box"])
-    cfg = TrainConfig.from_dict(job["config"])
+def run_job(job: Job) -> JobResult:
+    """Train and evaluate one run (module docstring)."""
     from ..training.build import resolve_device
+    from .evaluate import evaluate_run
 
-    doc = evaluate_run(job["run_dir"], EvalSpec(**spec_d), training=training, device=resolve_device(cfg.device))
-    post(run, "done", status=training["status"], seconds=training["seconds"], eval_seconds=doc["seconds"])
-    return {"run": run, "status": training["status"], "training": training, "evaluation": doc}
+    if not isinstance(job, Job):
+        raise TypeError(f"job must be a workbench.experiments.specs.Job, got {type(job).__name__}")
+    run = job.name
+    if stop_requested() is not None:  # queued before the stop: leave the run as it is
+        return JobResult(run=run, status="interrupted")
+    training = _train(job)
+    if training.status == "interrupted":
+        post(run, "interrupted", step=training.steps_done)
+        return JobResult(run=run, status="interrupted", training=training)
+    post(run, "evaluating", step=training.steps_done, seconds=training.seconds)
+    doc = evaluate_run(job.run_dir, job.evaluation, training=training.to_dict(),
+                       device=resolve_device(job.config.device))
+    post(run, "done", status=training.status, seconds=training.seconds, eval_seconds=doc["seconds"])
+    return JobResult(run=run, status=training.status, training=training, evaluation=doc)

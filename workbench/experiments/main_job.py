@@ -7,13 +7,15 @@
    with LSD, ESD, PSD (midpoint, uniform), MeanFlow, consistency training and iSD, all under the
    same budget, in parallel worker processes with one torch thread each, the diagnostics
    callbacks attached; then each run is evaluated (``evaluation.json``, see
-   :mod:`workbench.experiments.evaluate`);
+   :mod:`workbench.experiments.evaluate`). Each run crosses the process boundary as a typed
+   :class:`~workbench.experiments.specs.Job` (:func:`make_job`);
 3. every figure, rebuilt from the run directories (``analysis.make_figures``) into ``figures/``;
 4. the report ``runs/main/report.md`` (copied to ``figures/report.md``), whose numbers are read
    from the evaluation files just written (:mod:`workbench.experiments.report`).
 
 Progress: a bar over runs and a status line per run (start, every quarter, evaluation, done).
-Ctrl-C stops the workers after their current step with a checkpoint; finished runs are never
+Ctrl-C or SIGTERM (:mod:`workbench.experiments.stopping`) stops the workers after their current
+step with a checkpoint; finished runs are never
 touched again: running the job again skips runs whose evaluation.json matches the plan and resumes
 the others from their checkpoints; ``--fresh`` deletes this plan's run directories first.
 Budgets: "smoke" (seconds, the test), "cpu" (default; <= 15 min on 2 cores, per-run time cap as a
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import shutil
 import signal
@@ -35,13 +36,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..rundir import RunDir, atomic_write_text, check_run_dir, read_json
 from ..training.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, TrainConfig
-from .evaluate import EVALUATION_FILE, EvalSpec, read_evaluation
-from .gallery import write_gallery_run
+from .evaluate import read_evaluation
+from .gallery_run import write_gallery_run
 from .parallel import run_jobs
+from .specs import DiagnosticsSpec, EvalSpec, Job, JobResult
+from .stopping import signal_exit_code, sigterm_as_interrupt
 
 METHODS = ("lsd", "esd", "psd_midpoint", "psd_uniform", "meanflow", "ct", "isd")
 DATASETS = ("checkerboard", "gmm")
+#: the report's file name, in the directory of the plan's run directories and in the figures directory
+REPORT_FILE = "report.md"
 #: relative cost of a training step (workbench.experiments bench, MLP 256x3, batch 512): longest first
 COST = {"isd": 2.5, "esd": 1.9, "lsd": 1.5, "meanflow": 1.2, "ct": 1.1, "psd_midpoint": 1.0, "psd_uniform": 1.0}
 
@@ -156,36 +162,39 @@ def eval_spec(plan: MainPlan, dataset: str) -> EvalSpec:
                     seed=plan.seed)
 
 
-def make_job(plan: MainPlan, root: Path, dataset: str, method: str) -> dict:
-    cfg = train_config(plan, dataset, method)
-    return {"run_dir": str(root / f"{dataset}-{method}"), "config": cfg.to_dict(),
-            "eval": eval_spec(plan, dataset).to_dict(), "max_seconds": plan.max_run_seconds,
-            "progress_every": max(1, plan.steps // 4),
-            "diagnostics": {"periodic": plan.periodic, "n_grad": 32, "grid": 6, "n_cell": 16, "n_samples": 256,
-                            "n_diagnose": plan.n_diagnose, "ema": True},
-            "cost": COST.get(method, 1.0) * (1.2 if dataset == "gmm" else 1.0)}
+def diagnostics_spec(plan: MainPlan) -> DiagnosticsSpec:
+    return DiagnosticsSpec(periodic=plan.periodic, n_grad=32, grid=6, n_cell=16, n_samples=256,
+                           n_diagnose=plan.n_diagnose, ema=True)
 
 
-def run_state(job: dict) -> str:
+def make_job(plan: MainPlan, root: Path, dataset: str, method: str) -> Job:
+    """The :class:`Job` of one run of the plan, in ``root / "<dataset>-<method>"``."""
+    return Job(run_dir=Path(root) / f"{dataset}-{method}", config=train_config(plan, dataset, method),
+               evaluation=eval_spec(plan, dataset), diagnostics=diagnostics_spec(plan),
+               max_seconds=plan.max_run_seconds, progress_every=max(1, plan.steps // 4),
+               cost=COST.get(method, 1.0) * (1.2 if dataset == "gmm" else 1.0))
+
+
+def run_state(job: Job) -> str:
     """"done" (evaluated with this plan), "resume" (started with this plan), "new", or raises
-    ValueError when the directory holds a run of another plan."""
-    rd = Path(job["run_dir"])
-    if not (rd / "config.json").is_file():
+    ValueError when the directory holds a run of another plan (or an unreadable config)."""
+    rd = job.rundir
+    if not rd.config.is_file():
         return "new"
-    if json.loads((rd / "config.json").read_text()) != job["config"]:
-        raise ValueError(f"{rd} holds a run with another configuration; pass --fresh to redo it "
+    if read_json(rd.config, what="config") != job.config.to_dict():
+        raise ValueError(f"{rd.path} holds a run with another configuration; pass --fresh to redo it "
                          "(or --runs DIR for a separate set of run directories)")
-    ev = read_evaluation(rd)
-    return "done" if ev is not None and ev.get("spec") == job["eval"] else "resume"
+    ev = read_evaluation(rd.path)
+    return "done" if ev is not None and ev.get("spec") == job.evaluation.to_dict() else "resume"
 
 
-def run_plan(plan: MainPlan, root: Path, *, progress: bool = True, log=None) -> tuple[list[dict], bool]:
+def run_plan(plan: MainPlan, root: Path, *, progress: bool = True, log=None) -> tuple[list[JobResult], bool]:
     """Train and evaluate every run of the plan not done yet, ``plan.workers`` at a time
     (:func:`workbench.experiments.parallel.run_jobs`, longest first). Returns (results of the runs
     executed now, interrupted?); raises ValueError when a run directory holds another plan's run."""
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     jobs = [make_job(plan, root, d, m) for d in plan.datasets for m in plan.methods]
-    names = [Path(j["run_dir"]).name for j in jobs]
+    names = [j.name for j in jobs]
     todo = []
     for k, job in enumerate(jobs):
         if run_state(job) == "done":
@@ -194,7 +203,7 @@ def run_plan(plan: MainPlan, root: Path, *, progress: bool = True, log=None) -> 
             todo.append(job)
     if not todo:
         return [], False
-    todo.sort(key=lambda j: -j["cost"])  # longest first balances the workers
+    todo.sort(key=lambda j: -j.cost)  # longest first balances the workers
     return run_jobs(todo, names, workers=plan.workers, threads=plan.threads, progress=progress, log=log)
 
 
@@ -203,19 +212,10 @@ def make_all_figures(plan: MainPlan, run_dirs: list[Path], out: Path) -> tuple[l
     the library never imports analysis). Returns (paths, notes)."""
     from analysis import make_figures as mf
 
-    kwargs = {}
-    if hasattr(mf, "Options"):
-        fields = {f.name for f in dataclasses.fields(mf.Options)}
-        want = {"ema": plan.ema_rate if plan.eval_ema else None, "n_samples": plan.figure_samples,
-                "steps": plan.eval_steps, "seed": plan.seed, "n_times": plan.figure_times}
-        kwargs["options"] = mf.Options(**{k: v for k, v in want.items() if k in fields})
-    paths = mf.make_figures(run_dirs, out, **kwargs)
-    notes = list(getattr(kwargs.get("options"), "notes", []))
-    return [Path(p) for p in paths], notes
-
-
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+    options = mf.Options(ema=plan.ema_rate if plan.eval_ema else None, n_samples=plan.figure_samples,
+                         steps=plan.eval_steps, seed=plan.seed, n_times=plan.figure_times)
+    paths = mf.make_figures(run_dirs, out, options=options)
+    return [Path(p) for p in paths], list(options.notes)
 
 
 def method_notes(plan: MainPlan) -> list[str]:
@@ -288,6 +288,7 @@ def plan_from_args(args: argparse.Namespace) -> MainPlan:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..training.build import build_objective
     from .report import write_report
 
     args = build_parser().parse_args(argv)
@@ -295,13 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = plan_from_args(args)
         for m in plan.methods:
-            from ..training.build import build_objective
-
             build_objective(ObjectiveConfig(m))
-    except ValueError as err:
+        runs = check_run_dir(args.runs, "--runs").path
+        figures_dir = check_run_dir(args.figures, "--figures").path
+    except (TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runs = Path(args.runs)
     root = runs / ("main" if plan.name == "cpu" else f"main-{plan.name}")
     if args.fresh:
         for name in plan.run_names():
@@ -312,26 +312,23 @@ def main(argv: list[str] | None = None) -> int:
     stage: dict[str, float] = {}
     gallery = write_gallery_run(runs / "gallery", seed=0, progress=progress)
     stage["gallery"] = time.perf_counter() - t0
-    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops the job like Ctrl-C
     try:
-        results, interrupted = run_plan(plan, root, progress=progress)
+        with sigterm_as_interrupt():  # SIGTERM stops the job like Ctrl-C
+            results, interrupted = run_plan(plan, root, progress=progress)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     stage["training and evaluation"] = time.perf_counter() - t0 - sum(stage.values())
     if interrupted:
         print("main job interrupted; finished runs are complete, the others resume when you run it again",
               file=sys.stderr)
-        return 130
-    run_dirs = [root / n for n in plan.run_names() if (root / n / EVALUATION_FILE).is_file()]
-    figures_dir = Path(args.figures)
+        return signal_exit_code(signal.SIGINT)
+    run_dirs = [root / n for n in plan.run_names() if RunDir(root / n).evaluation.is_file()]
     print("regenerating figures ...", file=sys.stderr)
     paths, notes = figures_stage(plan, gallery, run_dirs, figures_dir)
     stage["figures"] = time.perf_counter() - t0 - sum(stage.values())
     wall = time.perf_counter() - t0
-    fresh_runs = {r["run"] for r in results}
+    fresh_runs = {r.run for r in results}
     header = [
         f"Budget **{plan.name}**: {len(plan.methods)} methods x {len(plan.datasets)} data sets, {plan.steps} steps of "
         f"batch {plan.batch_size} per run, MLP {plan.hidden} x {plan.depth}, RAdam lr {plan.lr:g} (1/sqrt decay after "
@@ -342,15 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.0f} s" for k, v in stage.items()) + "); "
         f"{len(fresh_runs)} of {len(run_dirs)} runs trained and evaluated now, the others read from earlier invocations.",
     ]
-    notes = [f"run {r['run']} failed: {r['error']}" for r in results if r["status"] == "failed"] + notes
+    notes = [f"run {r.run} failed: {r.error}" for r in results if r.status == "failed"] + notes
     notes += method_notes(plan)
     rel = [str(p.resolve().relative_to(figures_dir.resolve())) if p.resolve().is_relative_to(figures_dir.resolve())
            else str(p) for p in paths if p.suffix == ".png"]
-    report = write_report(run_dirs, root / "report.md", header=header, figures=[f"{figures_dir}/{p}" for p in rel],
+    report = write_report(run_dirs, root / REPORT_FILE, header=header, figures=[f"{figures_dir}/{p}" for p in rel],
                           notes=notes)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(report, figures_dir / "report.md")
+    copy = atomic_write_text(figures_dir / REPORT_FILE, report.read_text(encoding="utf-8"))
     print(f"main job finished in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    print(f"  report: {report} (copy: {figures_dir / 'report.md'})", file=sys.stderr)
+    print(f"  report: {report} (copy: {copy})", file=sys.stderr)
     print(f"  figures: {len(paths)} files in {figures_dir}", file=sys.stderr)
     return 0

@@ -4,10 +4,10 @@
   (``workbench.flows.GaussianFlow.flow_map``); the command line attaches an oracle-error callback
   (``eval_every``), so metrics.jsonl carries the error of X_hat_{s,t} against the exact map.
 * ``checker-<objective>`` for every objective of ``workbench.losses.OBJECTIVES`` that needs no
-  teacher: B25's checkerboard (digest 5.1-5.3, the [-4, 4]^2 variant; data_std = its std
-  4/sqrt(3) as B25's ``rescale``; MLP on raw (s, t - s); RAdam, lr 1e-3, clip 10, EMA 0.999 /
-  0.9999), shrunk to CPU size (width 256, batch 2048, 4000 steps; the sqrt schedule's constant
-  phase is shortened in proportion: decay after 2000 steps instead of 35,000).
+  teacher: B25's checkerboard experiment (its released configuration: the [-4, 4]^2 variant;
+  data_std = its std 4/sqrt(3) as B25's ``rescale``; MLP on raw (s, t - s); RAdam, lr 1e-3,
+  clip 10, EMA 0.999 / 0.9999), shrunk to CPU size (width 256, batch 2048, 4000 steps; the sqrt
+  schedule's constant phase is shortened in proportion: decay after 2000 steps instead of 35,000).
 * ``gmm8-<objective>`` for the distillation objectives that need a teacher (``needs_teacher``):
   eight Gaussians with the exact ``GaussianMixtureFlow`` of the same law as
   the teacher (the checkerboard has no closed-form flow to distil from).
@@ -101,10 +101,8 @@ def get_presets() -> dict[str, Preset]:
         "gauss2d-lsd": Preset("gauss2d-lsd", "quick LSD on a 2-D Gaussian, flow-map error vs the closed form logged", _gauss2d("lsd")),
         "gauss2d-fm": Preset("gauss2d-fm", "flow matching on a 2-D Gaussian (diagonal only), oracle error logged", _gauss2d("fm")),
     }
-    try:
-        from ..losses import OBJECTIVES
-    except ImportError:  # pragma: no cover - the losses layer is incomplete
-        OBJECTIVES = {}
+    from ..losses import OBJECTIVES
+
     generated = {}
     for name, objective in OBJECTIVES.items():
         if needs_teacher(objective):

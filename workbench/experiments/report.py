@@ -10,10 +10,10 @@ every run, the wall time of the job and the list of figures. Every number in a t
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..rundir import atomic_write_text
 from .evaluate import read_evaluation
 
 #: metric name -> (title, what it is); the order of the tables
@@ -151,12 +151,7 @@ def write_report(run_dirs: Sequence[str | Path], path: str | Path, *, header: Se
     """Render the report of ``run_dirs`` (``render_report``, grouped by the data set of each run's
     config) and write it to ``path`` atomically."""
     evals = load_evaluations(run_dirs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(evals, header=header, figures=figures, notes=notes))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, render_report(evals, header=header, figures=figures, notes=notes))
 
 
 def report_values(run_dirs: Sequence[str | Path]) -> dict:

@@ -1,4 +1,9 @@
-"""The analytic-flow gallery: trajectories and flow-map displacement fields per flow."""
+"""Drawing the analytic-flow gallery: trajectories and flow-map displacement fields per flow.
+
+The arrays come from a gallery run (``workbench.experiments.gallery_run`` computes and writes them,
+``analysis.loaders.load_gallery`` reads them back as :class:`GalleryPanel`); notebooks build panels
+directly.
+"""
 
 from __future__ import annotations
 

@@ -1,20 +1,24 @@
-"""Gallery data for the analytic flows: trajectories from noise to data and displacement fields.
+"""The gallery run: computes, for each analytic flow, trajectories from noise to data and flow-map
+displacement fields, and writes them as a run directory of kind "gallery".
 
-``write_gallery_run(run_dir)`` writes a run directory (config.json + gallery.npz) from which
-``analysis.make_figures`` rebuilds the gallery figure.
+``write_gallery_run(run_dir)`` writes ``RunDir.config`` ({"kind": "gallery", "flows", "fields",
+"seed", "descriptions"}) and ``RunDir.gallery`` (arrays ``<flow>/times``, ``<flow>/trajectories``,
+``<flow>/data``, ``<flow>/field_<s>_<t>_grid`` and ``..._disp``), from which
+``analysis.make_figures`` draws the gallery figure (``analysis.figures_gallery``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..flows.base import data_end_time
 from ..flows.registry import FLOW_INFO, FLOW_NAMES, make_flow
+from ..rundir import atomic_write_json, check_run_dir, save_npz
+
+__all__ = ["FIELDS", "gallery_arrays", "write_gallery_run"]
 
 FIELDS = ((0.0, 0.5), (0.5, 0.95))
 
@@ -52,17 +56,18 @@ def gallery_arrays(name: str, *, n_traj: int = 48, n_times: int = 41, grid_n: in
 
 def write_gallery_run(run_dir: str | Path, names: tuple[str, ...] = FLOW_NAMES, *, seed: int = 0,
                       progress: bool = True) -> Path:
-    """Compute the gallery for ``names`` and write run_dir/config.json and run_dir/gallery.npz."""
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    """Compute the gallery for ``names`` and write the run directory's config and gallery arrays
+    (atomically; the arrays first, so a config always describes arrays that exist)."""
+    rd = check_run_dir(run_dir, "run_dir")
+    unknown = [n for n in names if n not in FLOW_NAMES]
+    if isinstance(names, str) or unknown or not names:
+        raise ValueError(f"names must be a non-empty tuple of flow names from {FLOW_NAMES}, got {names!r}")
     arrays = {}
     for name in tqdm(names, desc="analytic-flow gallery", disable=not progress):
         for k, v in gallery_arrays(name, seed=seed).items():
             arrays[f"{name}/{k}"] = v
-    tmp = run / "gallery.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(run / "gallery.npz")
+    save_npz(rd.gallery, arrays)
     config = {"kind": "gallery", "flows": list(names), "fields": [list(f) for f in FIELDS], "seed": seed,
               "descriptions": {n: FLOW_INFO[n] for n in names}}
-    (run / "config.json").write_text(json.dumps(config, indent=2))
-    return run
+    atomic_write_json(rd.config, config)
+    return rd.path
