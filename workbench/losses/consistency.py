@@ -107,7 +107,7 @@ def _distance(diff: torch.Tensor, distance: str, c: float | None) -> torch.Tenso
     if distance == "l2":
         return sq
     if c is None:
-        c = 0.00054 * math.sqrt(diff[0].numel())
+        c = 0.00054 * math.sqrt(math.prod(diff.shape[1:]))  # d = numel per sample (the batch may be empty)
     return torch.sqrt(sq + c * c) - c
 
 

@@ -305,13 +305,17 @@ def resolve_times(config: SplitConfig, x1: torch.Tensor, generator, times) -> tu
     return TimeBatch(s=s, t=t, diagonal=times.diagonal.to(x1.device), u=times.u), n_d
 
 
-def _resolve_noise(x0: object, x1: torch.Tensor, generator) -> torch.Tensor:
+def _resolve_noise(x0: object, x1: torch.Tensor, generator, dtype: torch.dtype | None) -> torch.Tensor:
+    """x0 ~ N(0, I) drawn, or the given x0 checked: x1's shape, the model's dtype (``dtype``; x1's
+    when the model follows its input), moved to x1's device."""
     if x0 is None:
         return draw_noise(x1, generator)
     x0 = check_tensor(x0, "x0")
     if x0.shape != x1.shape:
         raise ValueError(f"x0 must have the shape of x1 {tuple(x1.shape)}, got {tuple(x0.shape)}")
-    if x0.dtype != x1.dtype:
+    if dtype is not None:
+        check_dtype_matches(x0, "x0", dtype)
+    elif x0.dtype != x1.dtype:
         raise TypeError(f"x0 has dtype {x0.dtype} but x1 has {x1.dtype}; pass x0.to({x1.dtype})")
     return x0.to(device=x1.device)
 
@@ -347,7 +351,7 @@ def evaluate_split(
     _check_teacher_matches(objective, x1)
     config = objective.split_config()
     tb, n_d = resolve_times(config, x1, generator, times)
-    x0 = _resolve_noise(x0, x1, generator)
+    x0 = _resolve_noise(x0, x1, generator, model_dtype(model))
     n_off = x1.shape[0] - n_d
     with value_checks_disabled():
         diag = diagonal_fm(model, config.interpolant, tb.t[:n_d], x0[:n_d], x1[:n_d]) if n_d > 0 else x1.new_zeros(0)
