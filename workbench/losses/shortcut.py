@@ -1,7 +1,7 @@
 """Shortcut models (Frans et al. 2025) in flow-map form.
 
-Mapping (B25 recovers shortcut models from PSD). Shortcut models use the same clock as the workbench (t = 0 noise,
-t = 1 data, x_t = (1 - t) x0 + t x1) and a network s_theta(x_t, t, d) that moves x_t by one step
+Mapping (B25 recovers shortcut models from PSD). Shortcut models use the same clock as the
+workbench (t = 0 noise, t = 1 data, x_t = (1 - t) x0 + t x1) and a network s_theta(x_t, t, d) that moves x_t by one step
 of size d: x_{t+d} ~ x_t + d s_theta(x_t, t, d). So s_theta(x, t, d) = v_{t,t+d}(x), and
 d -> 0 is the diagonal v_{t,t} (the flow-matching velocity). Their self-consistency
 s(x_t, t, 2d) = [s(x_t, t, d) + s(x'_{t+d}, t + d, d)] / 2, x'_{t+d} = x_t + d s(x_t, t, d), reads for a
