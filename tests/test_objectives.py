@@ -96,7 +96,11 @@ def mlp(dtype=F32, seed: int = 0):
 
 def variant_id(v) -> str:
     name, kw = v
-    return name + ("" if not kw else "-" + "-".join(f"{k}={getattr(w, 'kind', w)}" for k, w in kw.items()))
+
+    def show(w):
+        return w if isinstance(w, (str, int, float, type(None))) else getattr(w, "kind", type(w).__name__)
+
+    return name + "".join(f"-{k}={show(w)}" for k, w in kw.items())
 
 
 # -- the pattern --------------------------------------------------------------------------------------------

@@ -240,20 +240,20 @@ class OffDiagonal:
     """An objective's off-diagonal part over the n_off off-diagonal samples (n_off may be 0):
 
     * ``raw`` (n_off,): the raw per-sample loss (reported in ``aux["raw_loss"]``);
+    * ``aux``: per-sample diagnostics (n_off,), detached by ``evaluate_split``;
+    * ``u`` (n_off,): the intermediate time, when the objective draws one;
     * ``terms``: named per-sample terms (n_off,) for ``ObjectiveResult.terms``; a term named
       ``DIAGONAL_TERM`` ("diag_fm") extends the diagonal term over these samples (an anchor carried
       by every sample: the result's diag_fm then spans the batch, diagonal samples first);
-    * ``aux``: per-sample diagnostics (n_off,), detached by ``evaluate_split``;
-    * ``u`` (n_off,): the intermediate time, when the objective draws one;
     * ``loss`` (n_off,): the per-sample loss the split weighting acts on, when the objective weighs
       a term itself (default: ``raw``), with ``weight`` (n_off,) its derivative with respect to the
       term it weighs (default: 1); ``aux["weight"]`` reports the product with the split weighting's.
     """
 
     raw: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
     u: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
     loss: torch.Tensor | None = None
     weight: torch.Tensor | None = None
 
