@@ -71,28 +71,19 @@ def _gmm8(objective: str) -> TrainConfig:
 
 
 def needs_teacher(objective: object) -> bool:
-    """True when the objective cannot run as configured because its ``teacher`` is missing.
+    """True when the objective cannot run as configured because its ``teacher`` is missing: it
+    declares ``requires_teacher`` (a class attribute of every objective) and its ``teacher`` is None.
 
-    Uses ``objective.requires_teacher`` when defined; otherwise an objective with a ``teacher``
-    field set to None is called once on a tiny model: a ValueError naming the teacher means it
-    needs one (sCM, say, treats teacher=None as consistency *training* and runs).
+    ``objective``: an objective instance or a name in ``workbench.losses.OBJECTIVES``. Reads the
+    declaration only; nothing is evaluated.
     """
-    if hasattr(objective, "requires_teacher"):
-        return bool(objective.requires_teacher)
-    if not (dataclasses.is_dataclass(objective) and any(f.name == "teacher" for f in dataclasses.fields(objective))):
-        return False
-    if getattr(objective, "teacher", None) is not None:
-        return False
-    import torch
+    if isinstance(objective, str):
+        from ..losses import OBJECTIVES
 
-    from ..models import make_mlp_flow_map
-
-    model = make_mlp_flow_map(2, hidden=4, depth=1)
-    try:
-        objective(model, torch.zeros(4, 2), generator=torch.Generator().manual_seed(0))
-    except ValueError as err:
-        return "teacher" in str(err)
-    return False
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be an objective or one of {sorted(OBJECTIVES)}, got {objective!r}")
+        objective = OBJECTIVES[objective]
+    return bool(getattr(objective, "requires_teacher", False)) and getattr(objective, "teacher", None) is None
 
 
 def get_presets() -> dict[str, Preset]:

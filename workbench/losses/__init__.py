@@ -1,5 +1,9 @@
 """Flow-map objectives: per-sample losses with named terms, the (s, t[, u]) samplers, forward-mode
-derivatives with a finite-difference twin, and loss weightings."""
+derivatives with a finite-difference twin, and loss weightings.
+
+``OBJECTIVES`` (``registry``) lists every objective; ``split`` holds the batch split they share
+(``SplitConfig``, ``OffDiagonal``, ``evaluate_split``); the ``registry`` docstring says how to add
+one."""
 
 from .base import Objective, ObjectiveResult, TimeBatch
 from .consistency import ConsistencyDistillation, ConsistencyTraining, ContinuousConsistencyTraining
@@ -21,7 +25,8 @@ from .samplers import (
 )
 from .self_distillation import EulerianSelfDistillation, LagrangianSelfDistillation, ProgressiveSelfDistillation
 from .shortcut import Shortcut
-from .weighting import Weighting, apply_weighting
+from .split import OffDiagonal, SplitConfig, evaluate_split
+from .weighting import Weighting, apply_weighting, gradient_weight
 
 __all__ = [
     "OBJECTIVES",
@@ -41,18 +46,22 @@ __all__ = [
     "Midpoint",
     "Objective",
     "ObjectiveResult",
+    "OffDiagonal",
     "ProgressiveDistillation",
     "ProgressiveSelfDistillation",
     "Shortcut",
+    "SplitConfig",
     "TimeBatch",
     "UniformIntermediate",
     "UniformTriangle",
     "Weighting",
     "apply_weighting",
     "directional_derivative",
+    "evaluate_split",
     "flow_map_ds",
     "flow_map_dt",
     "flow_map_dx",
+    "gradient_weight",
     "n_diagonal",
     "sample_times",
     "total_derivative",

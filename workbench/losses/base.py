@@ -1,13 +1,15 @@
-"""Types every objective shares: the realised times of a batch and the objective's result.
+"""Types every objective shares: the realised times of a batch, the objective's result and the
+objective protocol.
 
-An objective is a frozen dataclass, callable as ``objective(model, x1, generator=None)``: it
-draws the base noise x0 and the times itself and returns an :class:`ObjectiveResult`.
+An objective is a frozen dataclass, callable as ``objective(model, x1, generator=None, *, x0=None,
+times=None)``: it draws the base noise x0 and the times itself (unless given) and returns an
+:class:`ObjectiveResult`. How to write one: ``workbench.losses.registry``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -49,11 +51,20 @@ class ObjectiveResult:
 
 @runtime_checkable
 class Objective(Protocol):
-    """``objective(model, x1, generator=None) -> ObjectiveResult``: draws x0 ~ N(0, I) and the times
-    with ``generator`` and returns the per-sample loss of data x1 (batch, *event)."""
+    """``objective(model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult``: draws
+    x0 ~ N(0, I) and the times with ``generator`` (unless given) and returns the per-sample loss of
+    data x1 (batch, *event). ``requires_teacher`` (a class attribute) says whether it needs a
+    ``teacher`` field set before it can run."""
 
     name: str
+    requires_teacher: ClassVar[bool]
 
     def __call__(
-        self, model: object, x1: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        model: object,
+        x1: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        x0: torch.Tensor | None = None,
+        times: TimeBatch | None = None,
     ) -> ObjectiveResult: ...

@@ -2,14 +2,15 @@
 (sCM style).
 
 Convention (the workbench's): t = 0 is noise, t = 1 is data, X_{s,t}(x) = x + (t - s) v_{s,t}(x)
-for s <= t. A consistency function (Song et al. 2023), which maps a noisy point to the data end, is
-the slice f(x, s) = X_{s,1}(x); CM codebases run the clock the other way (noise level sigma, data
-at sigma = 0; ``LinearInterpolant.to_ve`` gives sigma_s = alpha_s / beta_s), so their student time
-t_{n+1} (noisier) is our s and their teacher time t_n is our u = s + Delta. A general end time t
-gives the two-time (CTM) form. Both live on the Eulerian characterisation
-d/ds X_{s,t}(x_s) = 0 along the flow (B25 digest sec. 1.3 (ii), sec. 3; K26 digest sec. 2.2).
+for s <= t. A consistency function (Song, Dhariwal, Chen & Sutskever 2023), which maps a noisy
+point to the data end, is the slice f(x, s) = X_{s,1}(x); CM codebases run the clock the other way
+(noise level sigma, data at sigma = 0; ``LinearInterpolant.to_ve`` gives sigma_s = alpha_s /
+beta_s), so their student time t_{n+1} (noisier) is our s and their teacher time t_n is our
+u = s + Delta. A general end time t gives the two-time (CTM) form. Both live on the Eulerian
+characterisation d/ds X_{s,t}(x_s) = 0 along the flow (B25's P4; B25 recovers CT and CD as
+discretisations of its Eulerian losses).
 
-Discrete CT / CD (Song et al. 2023; iCT; K26 digest sec. 2.2, B25 digest sec. 3):
+Discrete CT / CD (Song et al. 2023; iCT, Song & Dhariwal 2023):
 
     L = lambda(h) d( X_{s,t}(I_s), sg X_{u,t}(x_u) ),   u = s + h,  h = Delta,
     CT: x_u = I_s + h dI_s/ds     one Euler step along the conditional velocity (= I_u for the
@@ -21,21 +22,21 @@ Discrete CT / CD (Song et al. 2023; iCT; K26 digest sec. 2.2, B25 digest sec. 3)
 The target is built from the current parameters under stop-gradient (iCT: no EMA teacher). At the
 true map the CD residual is the one-step solver error O(h^2) (Heun: O(h^3)). CT's target is noisy
 and its conditional mean is off by O(h^2): the Euler step's local error, plus, where X is nonlinear
-in x, the Jensen gap h^2/2 tr(grad^2 X Cov(dI_s/ds | I_s)) (K26 digest sec. 2.3). So with
-lambda = 1/h its expected gradient at the truth is O(h), not zero; for an affine map (Gaussian data)
-it equals CD's expected gradient exactly.
+in x, the Jensen gap h^2/2 tr(grad^2 X Cov(dI_s/ds | I_s)) (a second-order Taylor expansion of
+X_{u,t} about the conditional-mean step). So with lambda = 1/h its expected gradient at the truth
+is O(h), not zero; for an affine map (Gaussian data) it equals CD's expected gradient exactly.
 
-Continuous CT (sCM, Lu & Song 2024; K26 digest sec. 4 G2), in flow-map form for any interpolant:
-the limit h -> 0 of CT with lambda = 1/h has gradient -2 E[grad_theta X_{s,t}(I_s)^T sg g] with the
-Eulerian tangent along the conditional velocity
+Continuous CT (sCM, Lu & Song 2024), in flow-map form for any interpolant: the limit h -> 0 of CT
+with lambda = 1/h has gradient -2 E[grad_theta X_{s,t}(I_s)^T sg g] with the Eulerian tangent along
+the conditional velocity
 
     g = d/dtau X_{s+tau,t}(I_s + tau dI_s/ds) = dI_s/ds - v_{s,t} + r (t - s) D_s v,
     D_s v = d/dtau v_{s+tau,t}(I_s + tau dI_s/ds)|_{tau=0}          (one JVP, tangent (dx, ds, dt) = (dI_s/ds, 1, 0)),
 
 with tangent warm-up factor r in [0, 1] (sCM's r scales the term holding the network's own time
-derivative; r = 1 is the exact tangent), then tangent normalisation g <- g / (|g| + c), c = 0.1.
-It is minimised as the pseudo-loss |X_{s,t}(I_s) - sg(X_{s,t}(I_s) + g)|^2, whose value is |g|^2
-(uninformative by design; the diagnostics are in ``aux``) and whose gradient is the sCM one.
+derivative; r = 1 is the exact tangent), then sCM's tangent normalisation g <- g / (|g| + c),
+c = 0.1. It is minimised as the pseudo-loss |X_{s,t}(I_s) - sg(X_{s,t}(I_s) + g)|^2, whose value is
+|g|^2 (uninformative by design; the diagnostics are in ``aux``) and whose gradient is the sCM one.
 At the true map g = grad X_{s,t}(I_s) (dI_s/ds - b_s(I_s)) has zero conditional mean (and, for
 Gaussian conditional noise, the normalised g too), so the expected gradient vanishes.
 """
@@ -44,55 +45,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..core.times import expand_as_state
-from ..flows.interpolants import LinearInterpolant, get_interpolant
+from ..flows.interpolants import LinearInterpolant
 from .base import ObjectiveResult
-from .derivatives import check_method, total_derivative
-from .flow_matching import OffDiagonal, SplitConfig, check_choice, evaluate_split, interpolate, norm, squared_error
+from .derivatives import total_derivative
 from .samplers import DiscreteGapSampler, UniformTriangle, check_fraction, uniform
-from .weighting import Weighting, apply_weighting, get_weighting
+from .split import (
+    OffDiagonal,
+    SplitConfig,
+    check_choice,
+    check_positive,
+    check_teacher,
+    evaluate_split,
+    interpolate,
+    norm,
+    normalise_fields,
+    squared_error,
+)
+from .weighting import Weighting
 
 __all__ = [
     "ConsistencyDistillation",
     "ConsistencyTraining",
     "ContinuousConsistencyTraining",
-    "gradient_weight",
+    "SliceSampler",
+    "consistency_residual",
 ]
 
 DISTANCES = ("l2", "pseudo_huber")
 DELTA_WEIGHTS = ("one", "inverse", "inverse_square")
-
-
-# -- helpers shared by this package's CT / MeanFlow / shortcut / iSD objectives ------------------------
-def gradient_weight(weighting: Weighting, raw: torch.Tensor, model, times, x) -> torch.Tensor:
-    """d loss_i / d raw_i of a weighting, detached, shape (batch,): the factor by which the weighting
-    rescales each sample's gradient (adaptive: 1 / (l + c)^p; learned: exp(-w); none: 1)."""
-    with torch.enable_grad():
-        r = raw.detach().clone().requires_grad_(True)
-        w = apply_weighting(r, weighting, model, times, x)
-        (grad,) = torch.autograd.grad(w.sum(), r)
-    return grad.detach()
-
-
-def with_weight_aux(result: ObjectiveResult, weighting: Weighting, model, x1) -> ObjectiveResult:
-    """Add aux["weight"] = d loss / d raw_loss (see :func:`gradient_weight`) to a result."""
-    result.aux["weight"] = gradient_weight(weighting, result.aux["raw_loss"], model, result.times, x1)
-    return result
-
-
-def check_positive(value: object, name: str, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
-
-
-def check_velocity_source(teacher: object, name: str = "teacher") -> None:
-    if teacher is not None and not callable(getattr(teacher, "velocity", None)):
-        raise TypeError(f"{name} must provide velocity(t, x) (an analytic flow or a flow-map model), got {type(teacher).__name__}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +107,7 @@ def _distance(diff: torch.Tensor, distance: str, c: float | None) -> torch.Tenso
     if distance == "l2":
         return sq
     if c is None:
-        c = 0.00054 * math.sqrt(diff[0].numel())
+        c = 0.00054 * math.sqrt(math.prod(diff.shape[1:]))  # d = numel per sample (the batch may be empty)
     return torch.sqrt(sq + c * c) - c
 
 
@@ -133,7 +118,7 @@ def _delta_weight(h: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def _check_discrete(obj) -> None:
-    object.__setattr__(obj, "interpolant", get_interpolant(obj.interpolant))
+    """The fields CT and CD share (then their split configuration, which checks delta against t_end)."""
     check_positive(obj.delta, "delta")
     if obj.t_end is not None:
         check_positive(obj.t_end, "t_end")
@@ -141,39 +126,28 @@ def _check_discrete(obj) -> None:
     check_positive(obj.huber_c, "huber_c", allow_none=True)
     check_choice(obj.delta_weight, "delta_weight", DELTA_WEIGHTS)
     check_fraction(obj.diag_fraction, "diag_fraction")
-    object.__setattr__(obj, "weighting", get_weighting(obj.weighting))
-    obj._config()  # validates delta against t_end (DiscreteGapSampler)
+    normalise_fields(obj)
 
 
-def _discrete_config(obj) -> SplitConfig:
-    """The split configuration of CT / CD: (s, t) with a gap of at least delta (t = t_end if set)."""
-    return SplitConfig(interpolant=obj.interpolant, diag_fraction=obj.diag_fraction,
-                       sampler=DiscreteGapSampler(delta=obj.delta, t_end=obj.t_end), weighting=obj.weighting)
+def consistency_residual(model, s, t, u, x_s, x_u, *, distance: str, huber_c: float | None,
+                         delta_weight: str) -> OffDiagonal:
+    """The discrete consistency term per sample: lambda(h) d( X_{s,t}(x_s), sg X_{u,t}(x_u) ), h = u - s.
 
-
-def _discrete_call(obj, model, x1, generator, x0, times, next_point, term: str) -> ObjectiveResult:
-    """Shared body of CT and CD: student X_{s,t}(I_s), target sg X_{u,t}(next_point(...))."""
-    cfg = obj._config()
-    sampler = cfg.sampler
-    ip = cfg.interpolant
-
-    def off(model, s, t, x0, x1, generator):
-        x_s, dx_s = interpolate(ip, s, x0, x1)
-        u = sampler.step_time(s, t)
-        h = u - s
-        if times is not None and obj.delta_weight != "one" and not bool((h > 0).all()):
-            raise ValueError(f"times: every off-diagonal sample needs t > s for delta_weight {obj.delta_weight!r} "
-                             f"(lambda = 1/h is infinite at h = 0); mark s = t samples as diagonal")
-        with torch.no_grad():
-            x_u = next_point(s, u, h, x_s, dx_s, x0, x1)
-            target = model.flow_map(u, t, x_u).detach()
-        student = model.flow_map(s, t, x_s)
-        raw = _delta_weight(h, obj.delta_weight) * _distance(student - target, obj.distance, obj.huber_c)
-        aux = {"target_norm": norm(target), "residual_norm": norm(student - target), "step": h.detach()}
-        return OffDiagonal(raw=raw, aux=aux, u=u)
-
-    result = evaluate_split(cfg, model, x1, generator, term, off, x0=x0, times=times)
-    return with_weight_aux(result, cfg.weighting, model, x1)
+    s, t, u (n,); x_s, x_u (n, *event) (x_u built by the caller without gradient: CT's Euler step
+    along dI_s/ds, CD's teacher step). ``distance`` "l2" / "pseudo_huber" (c = ``huber_c``, None:
+    0.00054 sqrt(dim)), ``delta_weight`` lambda = 1, 1/h, 1/h^2 (ValueError if some h = 0 then).
+    aux: ``target_norm``, ``residual_norm`` |X_{s,t}(x_s) - target|, ``step`` h; ``u`` the step time.
+    """
+    h = u - s
+    if delta_weight != "one" and not bool((h > 0).all()):
+        raise ValueError(f"times: every off-diagonal sample needs t > s for delta_weight {delta_weight!r} "
+                         f"(lambda = 1/h is infinite at h = 0); mark s = t samples as diagonal")
+    with torch.no_grad():
+        target = model.flow_map(u, t, x_u).detach()
+    student = model.flow_map(s, t, x_s)
+    raw = _delta_weight(h, delta_weight) * _distance(student - target, distance, huber_c)
+    aux = {"target_norm": norm(target), "residual_norm": norm(student - target), "step": h.detach()}
+    return OffDiagonal(raw=raw, aux=aux, u=u)
 
 
 @dataclass(frozen=True)
@@ -189,7 +163,8 @@ class ConsistencyTraining:
     ``huber_c`` (None: 0.00054 sqrt(dim)); ``delta_weight`` lambda = 1, 1/h, 1/h^2; ``step``
     "euler" (I_s + h dI_s/ds) or "interpolant" (I_{s+h}, same x0, x1; equal for the linear
     interpolant); ``diag_fraction`` of samples carrying diagonal flow matching instead (0: pure CT);
-    ``weighting`` applied on top (e.g. "learned"). Terms: ``ct`` = lambda d (and ``diag_fm``).
+    ``weighting`` applied on top (e.g. "learned"). Given ``times`` may be any s <= t; the step is
+    u = min(s + delta, t). Terms: ``ct`` = lambda d (and ``diag_fm``).
     aux: ``raw_loss``, ``weight``, ``target_norm``, ``residual_norm``, ``step`` (h).
     """
 
@@ -204,24 +179,31 @@ class ConsistencyTraining:
     diag_fraction: float = 0.0
     weighting: object = Weighting()
 
+    requires_teacher: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
         check_choice(self.step, "step", ("euler", "interpolant"))
         _check_discrete(self)
 
-    def _config(self) -> SplitConfig:
-        return _discrete_config(self)
+    def split_config(self) -> SplitConfig:
+        """(s, t) with a gap of at least delta (t = t_end if set)."""
+        return SplitConfig.of(self, sampler=DiscreteGapSampler(delta=self.delta, t_end=self.t_end))
+
+    def off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, dx_s = interpolate(self.interpolant, s, x0, x1)
+        u = self.split_config().sampler.step_time(s, t)
+        with torch.no_grad():
+            if self.step == "interpolant":
+                x_u = interpolate(self.interpolant, u, x0, x1)[0]
+            else:
+                x_u = x_s + expand_as_state(u - s, x_s) * dx_s
+        return consistency_residual(model, s, t, u, x_s, x_u, distance=self.distance, huber_c=self.huber_c,
+                                    delta_weight=self.delta_weight).named("ct")
 
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,) for data x1 (batch, dim); ``x0`` / ``times`` fix the noise and the
         (s, t) times (the step is u = min(s + delta, t)) instead of drawing them."""
-        ip = self.interpolant
-
-        def next_point(s, u, h, x_s, dx_s, x0, x1):
-            if self.step == "interpolant":
-                return interpolate(ip, u, x0, x1)[0]
-            return x_s + expand_as_state(h, x_s) * dx_s
-
-        return _discrete_call(self, model, x1, generator, x0, times, next_point, "ct")
+        return evaluate_split(self, model, x1, generator, x0=x0, times=times)
 
 
 @dataclass(frozen=True)
@@ -250,30 +232,33 @@ class ConsistencyDistillation:
     diag_fraction: float = 0.0
     weighting: object = Weighting()
 
+    requires_teacher: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         check_choice(self.solver, "solver", ("euler", "heun"))
-        check_velocity_source(self.teacher)
+        check_teacher(self.teacher, ("velocity",))
         _check_discrete(self)
 
-    def _config(self) -> SplitConfig:
-        return _discrete_config(self)
+    def split_config(self) -> SplitConfig:
+        """(s, t) with a gap of at least delta (t = t_end if set)."""
+        return SplitConfig.of(self, sampler=DiscreteGapSampler(delta=self.delta, t_end=self.t_end))
+
+    def off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, _ = interpolate(self.interpolant, s, x0, x1)
+        u = self.split_config().sampler.step_time(s, t)
+        b = self.teacher.velocity
+        with torch.no_grad():
+            he = expand_as_state(u - s, x_s)
+            b0 = b(s, x_s)
+            x_u = x_s + he * b0
+            if self.solver == "heun":
+                x_u = x_s + 0.5 * he * (b0 + b(u, x_u))
+        return consistency_residual(model, s, t, u, x_s, x_u, distance=self.distance, huber_c=self.huber_c,
+                                    delta_weight=self.delta_weight).named("cd")
 
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,); see :meth:`ConsistencyTraining.__call__`."""
-        if self.teacher is None:
-            raise ValueError("teacher is None: consistency distillation needs a teacher velocity; use "
-                             "dataclasses.replace(objective, teacher=flow) with a flow providing velocity(t, x)")
-        b = self.teacher.velocity
-
-        def next_point(s, u, h, x_s, dx_s, x0, x1):
-            he = expand_as_state(h, x_s)
-            b0 = b(s, x_s)
-            x_e = x_s + he * b0
-            if self.solver == "euler":
-                return x_e
-            return x_s + 0.5 * he * (b0 + b(u, x_e))
-
-        return _discrete_call(self, model, x1, generator, x0, times, next_point, "cd")
+        return evaluate_split(self, model, x1, generator, x0=x0, times=times)
 
 
 # -- continuous-time CT (sCM) ----------------------------------------------------------------------------
@@ -305,42 +290,38 @@ class ContinuousConsistencyTraining:
     method: str = "jvp"
     fd_eps: float | None = None
 
+    requires_teacher: ClassVar[bool] = False  # teacher=None is consistency training, a teacher makes it sCD
+
     def __post_init__(self) -> None:
-        object.__setattr__(self, "interpolant", get_interpolant(self.interpolant))
         if self.t_end is not None:
             SliceSampler(self.t_end)
         check_positive(self.tangent_c, "tangent_c", allow_none=True)
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not 0.0 <= self.warmup <= 1.0:
             raise ValueError(f"warmup (the tangent warm-up factor r) must be a number in [0, 1], got {self.warmup!r}")
-        check_velocity_source(self.teacher)
-        check_method(self.method)
-        self._config()
+        check_teacher(self.teacher, ("velocity",))
+        normalise_fields(self)
 
-    def _config(self) -> SplitConfig:
-        sampler = self.sampler if self.t_end is None else SliceSampler(self.t_end)
-        return SplitConfig(interpolant=self.interpolant, diag_fraction=self.diag_fraction, sampler=sampler,
-                           weighting=self.weighting, method=self.method, fd_eps=self.fd_eps)
+    def split_config(self) -> SplitConfig:
+        """(s, t) from ``sampler``, or the slice t = t_end when it is set."""
+        return SplitConfig.of(self, sampler=self.sampler if self.t_end is None else SliceSampler(self.t_end))
+
+    def off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, dx_s = interpolate(self.interpolant, s, x0, x1)
+        if self.teacher is not None:
+            with torch.no_grad():
+                dx_s = self.teacher.velocity(s, x_s)
+        v, dv = total_derivative(model.average_velocity, s, t, x_s, ds=1.0, dt=0.0, dx=dx_s,
+                                 method=self.method, eps=self.fd_eps)
+        gap = expand_as_state(t - s, x_s)
+        g = (dx_s - v + self.warmup * gap * dv).detach()
+        g_norm = norm(g)
+        if self.tangent_c is not None:
+            g = g / expand_as_state(g_norm + self.tangent_c, g)
+        student = x_s + gap * v
+        target = (student + g).detach()
+        raw = squared_error(student, target)
+        return OffDiagonal(raw=raw, aux={"tangent_norm": g_norm, "target_norm": norm(target)}).named("scm")
 
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,) for data x1 (batch, dim); ``x0`` / ``times`` fix noise and times."""
-        cfg = self._config()
-
-        def off(model, s, t, x0, x1, generator):
-            x_s, dx_s = interpolate(cfg.interpolant, s, x0, x1)
-            if self.teacher is not None:
-                with torch.no_grad():
-                    dx_s = self.teacher.velocity(s, x_s)
-            v, dv = total_derivative(model.average_velocity, s, t, x_s, ds=1.0, dt=0.0, dx=dx_s,
-                                     method=cfg.method, eps=cfg.fd_eps)
-            gap = expand_as_state(t - s, x_s)
-            g = (dx_s - v + self.warmup * gap * dv).detach()
-            g_norm = norm(g)
-            if self.tangent_c is not None:
-                g = g / expand_as_state(g_norm + self.tangent_c, g)
-            student = x_s + gap * v
-            target = (student + g).detach()
-            raw = squared_error(student, target)
-            return OffDiagonal(raw=raw, aux={"tangent_norm": g_norm, "target_norm": norm(target)})
-
-        result = evaluate_split(cfg, model, x1, generator, "scm", off, x0=x0, times=times)
-        return with_weight_aux(result, cfg.weighting, model, x1)
+        return evaluate_split(self, model, x1, generator, x0=x0, times=times)

@@ -10,7 +10,8 @@ with default step h = eps^(1/3) of the dtype (``workbench.core.fd_step``), which
 O(h^2) truncation against the O(eps / h) round-off. Both methods keep the autograd graph to the
 parameters captured by f (so a loss built on the derivative can be backpropagated).
 
-Conveniences for a flow-map model X_{s,t}(x) = x + (t - s) v_{s,t}(x) (B25 sec. 1.3):
+Conveniences for a flow-map model X_{s,t}(x) = x + (t - s) v_{s,t}(x) (B25's
+parametrisation and characterisations):
 
 * :func:`flow_map_dt`: (X, d_t X_{s,t}(x))        (Lagrangian: equals b_t(X) for the exact map)
 * :func:`flow_map_ds`: (X, d_s X_{s,t}(x))        (Eulerian: equals -grad X b_s(x) for the exact map)

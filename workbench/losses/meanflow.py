@@ -1,7 +1,7 @@
 """MeanFlow (Geng et al. 2025) in flow-map form.
 
-Translation (B25 digest sec. 3; K26 digest sec. 2.1). MeanFlow runs its clock from data (0) to
-noise (1): z_tau = (1 - tau) x + tau eps, velocity v_MF = eps - x, and its average velocity
+Translation (B25 recovers MeanFlow from its Eulerian losses). MeanFlow runs its clock from data (0)
+to noise (1): z_tau = (1 - tau) x + tau eps, velocity v_MF = eps - x, and its average velocity
 u(z, r, t) moves z from its time t to an earlier (less noisy) time r < t by z_r = z_t - (t - r) u.
 With tau_MF = 1 - tau here: MeanFlow's t is our start s (t_MF = 1 - s), its r is our end t
 (r_MF = 1 - t), t_MF - r_MF = t - s, v_MF = -dI_s/ds and u = -v_{s,t}. Its identity
@@ -9,7 +9,7 @@ With tau_MF = 1 - tau here: MeanFlow's t is our start s (t_MF = 1 - s), its r is
     u = v_MF - (t_MF - r_MF) du/dt_MF,   du/dt_MF = v_MF . grad u + d_t u,
 
 becomes, since d/dt_MF along (dz, dt_MF) = (v_MF, 1) is -d/ds along (dx, ds) = (dI_s/ds, 1), the
-Eulerian v-form identity P4' of B25 (digest sec. 1.4):
+Eulerian v-form identity P4' of B25:
 
     v_{s,t}(x) = v_{s,s}(x) + (t - s) [ d_s v_{s,t}(x) + grad v_{s,t}(x) v_{s,s}(x) ].
 
@@ -30,16 +30,16 @@ s = t, where the target is v_c: plain flow matching (term ``diag_fm``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..core.times import expand_as_state
-from ..flows.interpolants import LinearInterpolant, get_interpolant
+from ..flows.interpolants import LinearInterpolant
 from .base import ObjectiveResult
-from .consistency import with_weight_aux
-from .derivatives import check_method, total_derivative
-from .flow_matching import OffDiagonal, SplitConfig, evaluate_split, interpolate, norm, squared_error
+from .derivatives import total_derivative
 from .samplers import LogitNormalPair
+from .split import OffDiagonal, SplitConfig, evaluate_split, interpolate, norm, normalise_fields, squared_error
 from .weighting import Weighting
 
 __all__ = ["MeanFlow", "eulerian_target"]
@@ -79,25 +79,21 @@ class MeanFlow:
     method: str = "jvp"
     fd_eps: float | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "interpolant", get_interpolant(self.interpolant))
-        check_method(self.method)
-        object.__setattr__(self, "weighting", self._config().weighting)
+    requires_teacher: ClassVar[bool] = False
 
-    def _config(self) -> SplitConfig:
-        return SplitConfig(interpolant=self.interpolant, diag_fraction=self.diag_fraction, sampler=self.sampler,
-                           weighting=self.weighting, method=self.method, fd_eps=self.fd_eps)
+    def __post_init__(self) -> None:
+        normalise_fields(self)
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig.of(self)
+
+    def off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, dx_s = interpolate(self.interpolant, s, x0, x1)
+        v, dv, target = eulerian_target(model, s, t, x_s, dx_s, method=self.method, eps=self.fd_eps)
+        target = target.detach()
+        return OffDiagonal(raw=squared_error(v, target),
+                           aux={"tangent_norm": norm(dv), "target_norm": norm(target)}).named("meanflow")
 
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,) for data x1 (batch, dim); ``x0`` / ``times`` fix noise and times."""
-        cfg = self._config()
-
-        def off(model, s, t, x0, x1, generator):
-            x_s, dx_s = interpolate(cfg.interpolant, s, x0, x1)
-            v, dv, target = eulerian_target(model, s, t, x_s, dx_s, method=cfg.method, eps=cfg.fd_eps)
-            target = target.detach()
-            return OffDiagonal(raw=squared_error(v, target),
-                               aux={"tangent_norm": norm(dv), "target_norm": norm(target)})
-
-        result = evaluate_split(cfg, model, x1, generator, "meanflow", off, x0=x0, times=times)
-        return with_weight_aux(result, cfg.weighting, model, x1)
+        return evaluate_split(self, model, x1, generator, x0=x0, times=times)

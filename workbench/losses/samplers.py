@@ -16,7 +16,7 @@ Laws on [0, 1] (before the affine map):
 
 | sampler                     | pair (s, t)                                   | s law          | t law          |
 |-----------------------------|-----------------------------------------------|----------------|----------------|
-| ``UniformTriangle``         | uniform on {0 <= s <= t <= 1} (B25 sec. 2.2)  | Beta(1, 2)     | Beta(2, 1)     |
+| ``UniformTriangle``         | uniform on {0 <= s <= t <= 1} (B25 code)      | Beta(1, 2)     | Beta(2, 1)     |
 | ``BetaPair(a, b)``          | two iid Beta(a, b), sorted (iSD: a=1, b=0.8)  | min of two     | max of two     |
 | ``LogitNormalPair(m, sd)``  | two iid sigmoid(N(m, sd^2)), sorted (MeanFlow)| min of two     | max of two     |
 | ``DiscreteGapSampler(d)``   | uniform on {t - s >= d} (or t = t_end fixed)  | see class      | see class      |
@@ -118,8 +118,8 @@ class _Affine:
 # -- pair samplers ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UniformTriangle(_Affine):
-    """(s, t) uniform on the triangle lo <= s <= t <= hi: two iid uniforms, s = min, t = max (B25 sec.
-    2.2); the diagonal time is uniform on [lo, hi]. On [0, 1]: s ~ Beta(1, 2), t ~ Beta(2, 1)."""
+    """(s, t) uniform on the triangle lo <= s <= t <= hi: two iid uniforms, s = min, t = max (B25
+    code); the diagonal time is uniform on [lo, hi]. On [0, 1]: s ~ Beta(1, 2), t ~ Beta(2, 1)."""
 
     lo: float = 0.0
     hi: float = 1.0
@@ -143,7 +143,7 @@ class UniformTriangle(_Affine):
 class BetaPair(_Affine):
     """Two iid Beta(a, b) times sorted into s <= t; the diagonal time is one Beta(a, b) draw. The
     default is iSD's law in this clock: K26's iSD code draws Beta(0.8, 1.0) in its own clock, where
-    t = 1 is noise, and 1 - Beta(0.8, 1) is Beta(1, 0.8) (K26 digest sec. 1.3)."""
+    t = 1 is noise, and 1 - Beta(0.8, 1) is Beta(1, 0.8)."""
 
     a: float = 1.0
     b: float = 0.8
@@ -287,7 +287,7 @@ def get_intermediate(spec: object) -> Midpoint | UniformIntermediate:
 
 
 def intermediate_time(s: torch.Tensor, t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """u = gamma s + (1 - gamma) t (B25 sec. 2.1, PSD), all (batch,)."""
+    """u = gamma s + (1 - gamma) t (B25's PSD), all (batch,)."""
     return gamma * s + (1.0 - gamma) * t
 
 
@@ -321,7 +321,7 @@ def sample_times(
 ) -> TimeBatch:
     """Times of one batch: the first ``n_diagonal(n, diag_fraction)`` samples are diagonal (s = t
     drawn from ``sampler.sample_diagonal``), the rest off-diagonal ((s, t) from ``sampler.sample``),
-    as in B25's code (sec. 2.2). ``intermediate`` ('midpoint', 'uniform', a sampler or None) adds
+    as in B25's code. ``intermediate`` ('midpoint', 'uniform', a sampler or None) adds
     u = gamma s + (1 - gamma) t (u = t on diagonal samples). All tensors (n,), ``diagonal`` bool.
     """
     check_positive_int(n, "n")

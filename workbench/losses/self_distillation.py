@@ -1,28 +1,42 @@
-"""Self-distillation of a flow map (Boffi, Albergo & Vanden-Eijnden 2025; digest B25 sec. 2).
+"""Self-distillation of a flow map (Boffi, Albergo & Vanden-Eijnden 2025, B25).
 
 The model's own diagonal v_{t,t} (trained by flow matching on the diagonal samples) stands in for
-the velocity b in the flow-map characterisations (B25 sec. 1.3). For the off-diagonal samples,
-(s, t) with s <= t, x0 ~ N(0, I), x1 ~ data and I_s = alpha_s x0 + beta_s x1 (the convention of
-this workbench and of B25: t = 0 noise, t = 1 data, maps run forward s -> t):
+the velocity b in B25's characterisations of the flow map (its proposition: Lagrangian,
+Eulerian, semigroup). For the off-diagonal samples, (s, t) with s <= t, x0 ~ N(0, I), x1 ~ data
+and I_s = alpha_s x0 + beta_s x1 (the convention of this workbench and of B25: t = 0 noise, t = 1
+data, maps run forward s -> t):
 
 * LSD  | d_t X_{s,t}(I_s) - v_{t,t}(X_{s,t}(I_s)) |^2                      (Lagrangian, P3)
 * ESD  | d_s X_{s,t}(I_s) + grad X_{s,t}(I_s) v_{s,s}(I_s) |^2              (Eulerian, P4)
 * PSD  | v_{s,t}(I_s) - [(1 - g) v_{s,u}(I_s) + g v_{u,t}(X_{s,u}(I_s))] |^2, u = g s + (1 - g) t (P5')
 
-Stop-gradients follow B25's released code (digest sec. 2.2); targets use the CURRENT parameters
-under stop-gradient (no EMA teacher). Every residual vanishes on the exact flow map.
+Stop-gradients follow B25's released code (``losses.py``: LSD "convex", ESD "full", PSD
+"convex"); targets use the CURRENT parameters under stop-gradient (no EMA teacher). Every residual
+vanishes on the exact flow map.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from ..flows.interpolants import LinearInterpolant
 from .base import ObjectiveResult
 from .derivatives import flow_map_ds, flow_map_dt, flow_map_dx
-from .flow_matching import OffDiagonal, SplitConfig, check_choice, evaluate_split, interpolate, norm, squared_error
-from .samplers import Midpoint, get_intermediate, intermediate_time
+from .samplers import Midpoint, UniformTriangle, get_intermediate, intermediate_time
+from .split import (
+    OffDiagonal,
+    SplitConfig,
+    check_choice,
+    evaluate_split,
+    interpolate,
+    norm,
+    normalise_fields,
+    squared_error,
+)
+from .weighting import Weighting
 
 __all__ = [
     "EulerianSelfDistillation",
@@ -79,38 +93,51 @@ def semigroup_target(average_velocity, flow_map, s, u, t, gamma, x_s) -> torch.T
 
 
 @dataclass(frozen=True)
-class LagrangianSelfDistillation(SplitConfig):
-    """"lsd": Lagrangian self-distillation (B25 sec. 2.1, L_LSD; P3 of sec. 1.4):
+class LagrangianSelfDistillation:
+    """"lsd": Lagrangian self-distillation (B25's L_LSD; P3):
 
         off-diagonal:  | d_t X_{s,t}(I_s) - sg( v_{t,t}( sg X_{s,t}(I_s) ) ) |^2
 
     d_t X is a forward-mode derivative in the scalar t (``method='jvp'``) or its central difference
-    (``'fd'``). ``stopgrad``: ``'convex'`` (B25's choice: the gradient flows only through d_t X),
-    ``'none'`` (everything differentiated, including the target's dependence on X).
-    aux: ``tangent_norm`` |d_t X|, ``target_norm`` |v_{t,t}(X)|, over the off-diagonal samples.
+    (``'fd'``, step ``fd_eps``). ``stopgrad``: ``'convex'`` (B25's choice: the gradient flows only
+    through d_t X), ``'none'`` (everything differentiated, including the target's dependence on X).
+    Split fields: ``interpolant``, ``diag_fraction`` (0.75), ``sampler`` (uniform on the triangle),
+    ``weighting``. Terms: ``lsd`` and ``diag_fm``. aux: ``tangent_norm`` |d_t X|, ``target_norm``
+    |v_{t,t}(X)|, over the off-diagonal samples.
     """
 
     name: str = "lsd"
+    interpolant: object = LinearInterpolant()
+    diag_fraction: float = 0.75
+    sampler: object = UniformTriangle()
+    weighting: object = Weighting()
+    method: str = "jvp"
+    fd_eps: float | None = None
     stopgrad: str = "convex"
 
+    requires_teacher: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
-        super().__post_init__()
+        normalise_fields(self)
         check_choice(self.stopgrad, "stopgrad", ("convex", "none"))
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig.of(self)
+
+    def off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, _ = interpolate(self.interpolant, s, x0, x1)
+        return lagrangian_residual(model, model.velocity, s, t, x_s, stop_target=self.stopgrad == "convex",
+                                   method=self.method, eps=self.fd_eps).named("lsd")
 
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,) for data x1 (batch, *event); ``x0`` / ``times`` fix the noise /
         the times (a TimeBatch with the diagonal samples first) instead of drawing them."""
-        return evaluate_split(self, model, x1, generator, "lsd", self._off_diagonal, x0=x0, times=times)
-
-    def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
-        x_s, _ = interpolate(self.interpolant, s, x0, x1)
-        return lagrangian_residual(model, model.velocity, s, t, x_s, stop_target=self.stopgrad == "convex",
-                                   method=self.method, eps=self.fd_eps)
+        return evaluate_split(self, model, x1, generator, x0=x0, times=times)
 
 
 @dataclass(frozen=True)
-class EulerianSelfDistillation(SplitConfig):
-    """"esd": Eulerian self-distillation (B25 sec. 2.1, L_ESD; P4 of sec. 1.4):
+class EulerianSelfDistillation:
+    """"esd": Eulerian self-distillation (B25's L_ESD; P4):
 
         off-diagonal:  | d_s X_{s,t}(I_s) + grad X_{s,t}(I_s) v_{s,s}(I_s) |^2
 
@@ -118,33 +145,45 @@ class EulerianSelfDistillation(SplitConfig):
     (or central differences with ``method='fd'``). ``stopgrad``: ``'full'`` (B25's choice: sg on the
     whole advective term, the gradient flows only through d_s X), ``'convex'`` (sg on v_{s,s} only,
     the gradient also flows through the spatial JVP: "like EMD"), ``'none'`` (everything).
+    Split fields as :class:`LagrangianSelfDistillation`. Terms: ``esd`` and ``diag_fm``.
     aux: ``tangent_norm`` |d_s X|, ``advection_norm`` |grad X v_{s,s}|, ``target_norm`` (= the
     advection norm: -grad X v_{s,s} is the target of d_s X), over the off-diagonal samples.
     """
 
     name: str = "esd"
+    interpolant: object = LinearInterpolant()
+    diag_fraction: float = 0.75
+    sampler: object = UniformTriangle()
+    weighting: object = Weighting()
+    method: str = "jvp"
+    fd_eps: float | None = None
     stopgrad: str = "full"
 
+    requires_teacher: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
-        super().__post_init__()
+        normalise_fields(self)
         check_choice(self.stopgrad, "stopgrad", ("full", "convex", "none"))
 
-    def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
-        """Per-sample loss (batch,); see :class:`LagrangianSelfDistillation` for ``x0`` / ``times``."""
-        return evaluate_split(self, model, x1, generator, "esd", self._off_diagonal, x0=x0, times=times)
+    def split_config(self) -> SplitConfig:
+        return SplitConfig.of(self)
 
-    def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+    def off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
         x_s, _ = interpolate(self.interpolant, s, x0, x1)
         with torch.set_grad_enabled(self.stopgrad == "none" and torch.is_grad_enabled()):
             b = model.velocity(s, x_s)
         return eulerian_residual(model, b, s, t, x_s, stop_advection=self.stopgrad == "full",
-                                 method=self.method, eps=self.fd_eps)
+                                 method=self.method, eps=self.fd_eps).named("esd")
+
+    def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
+        """Per-sample loss (batch,); see :class:`LagrangianSelfDistillation` for ``x0`` / ``times``."""
+        return evaluate_split(self, model, x1, generator, x0=x0, times=times)
 
 
 @dataclass(frozen=True)
-class ProgressiveSelfDistillation(SplitConfig):
+class ProgressiveSelfDistillation:
     """"psd_midpoint" / "psd_uniform": progressive self-distillation, v-form with a sg teacher
-    (B25 sec. 2.1 "practical v-form"; P5'):
+    (B25's practical v-form L_PSD; P5'):
 
         off-diagonal:  | v_{s,t}(I_s) - sg[ (1 - g) v_{s,u}(I_s) + g v_{u,t}(X_{s,u}(I_s)) ] |^2,
                        u = g s + (1 - g) t
@@ -153,25 +192,33 @@ class ProgressiveSelfDistillation(SplitConfig):
     No derivatives: three forward passes, two without gradient (``stopgrad='convex'``; ``'none'``
     differentiates the teacher too). ``form='X'`` multiplies the residual by (t - s)^2, i.e. the
     X-form |X_{s,t}(I_s) - X_{u,t}(X_{s,u}(I_s))|^2 with the same sg teacher. The realised u is in
-    ``result.times.u``. aux: ``student_norm`` |v_{s,t}|, ``target_norm`` |teacher|.
+    ``result.times.u``. Split fields as :class:`LagrangianSelfDistillation` (``method`` unused).
+    Terms: ``psd`` and ``diag_fm``. aux: ``student_norm`` |v_{s,t}|, ``target_norm`` |teacher|.
     """
 
     name: str = "psd_midpoint"
+    interpolant: object = LinearInterpolant()
+    diag_fraction: float = 0.75
+    sampler: object = UniformTriangle()
+    weighting: object = Weighting()
+    method: str = "jvp"
+    fd_eps: float | None = None
     intermediate: object = Midpoint()
     stopgrad: str = "convex"
     form: str = "v"
 
+    requires_teacher: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
-        super().__post_init__()
+        normalise_fields(self)
         object.__setattr__(self, "intermediate", get_intermediate(self.intermediate))
         check_choice(self.stopgrad, "stopgrad", ("convex", "none"))
         check_choice(self.form, "form", ("v", "X"))
 
-    def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
-        """Per-sample loss (batch,); see :class:`LagrangianSelfDistillation` for ``x0`` / ``times``."""
-        return evaluate_split(self, model, x1, generator, "psd", self._off_diagonal, x0=x0, times=times)
+    def split_config(self) -> SplitConfig:
+        return SplitConfig.of(self)
 
-    def _off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+    def off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
         x_s, _ = interpolate(self.interpolant, s, x0, x1)
         gamma = self.intermediate.sample_gamma(s.shape[0], generator, s.dtype, s.device)
         u = intermediate_time(s, t, gamma)
@@ -181,4 +228,8 @@ class ProgressiveSelfDistillation(SplitConfig):
         raw = squared_error(student, target)
         if self.form == "X":
             raw = raw * (t - s) ** 2
-        return OffDiagonal(raw=raw, aux={"student_norm": norm(student), "target_norm": norm(target)}, u=u)
+        return OffDiagonal(raw=raw, aux={"student_norm": norm(student), "target_norm": norm(target)}, u=u).named("psd")
+
+    def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
+        """Per-sample loss (batch,); see :class:`LagrangianSelfDistillation` for ``x0`` / ``times``."""
+        return evaluate_split(self, model, x1, generator, x0=x0, times=times)

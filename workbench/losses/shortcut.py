@@ -1,7 +1,7 @@
 """Shortcut models (Frans et al. 2025) in flow-map form.
 
-Mapping (B25 digest sec. 3). Shortcut models use the same clock as the workbench (t = 0 noise,
-t = 1 data, x_t = (1 - t) x0 + t x1) and a network s_theta(x_t, t, d) that moves x_t by one step
+Mapping (B25 recovers shortcut models from PSD). Shortcut models use the same clock as the
+workbench (t = 0 noise, t = 1 data, x_t = (1 - t) x0 + t x1) and a network s_theta(x_t, t, d) that moves x_t by one step
 of size d: x_{t+d} ~ x_t + d s_theta(x_t, t, d). So s_theta(x, t, d) = v_{t,t+d}(x), and
 d -> 0 is the diagonal v_{t,t} (the flow-matching velocity). Their self-consistency
 s(x_t, t, 2d) = [s(x_t, t, d) + s(x'_{t+d}, t + d, d)] / 2, x'_{t+d} = x_t + d s(x_t, t, d), reads for a
@@ -24,16 +24,25 @@ stop-gradient (the paper's code uses an EMA teacher; B25's code and this workben
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..core.times import expand_as_state
 from ..core.validation import check_positive_int
-from ..flows.interpolants import LinearInterpolant, get_interpolant
+from ..flows.interpolants import LinearInterpolant
 from .base import ObjectiveResult
-from .consistency import with_weight_aux
-from .flow_matching import OffDiagonal, SplitConfig, check_choice, evaluate_split, interpolate, norm, squared_error
 from .samplers import uniform
+from .split import (
+    OffDiagonal,
+    SplitConfig,
+    check_choice,
+    evaluate_split,
+    interpolate,
+    norm,
+    normalise_fields,
+    squared_error,
+)
 from .weighting import Weighting
 
 __all__ = ["DyadicSampler", "Shortcut"]
@@ -86,36 +95,33 @@ class Shortcut:
     diag_fraction: float = 0.75
     weighting: object = Weighting()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "interpolant", get_interpolant(self.interpolant))
-        check_choice(self.finest, "finest", ("map", "velocity"))
-        object.__setattr__(self, "weighting", self._config().weighting)
+    requires_teacher: ClassVar[bool] = False
 
-    def _config(self) -> SplitConfig:
-        return SplitConfig(interpolant=self.interpolant, diag_fraction=self.diag_fraction,
-                           sampler=DyadicSampler(self.levels, self.grid), weighting=self.weighting)
+    def __post_init__(self) -> None:
+        check_choice(self.finest, "finest", ("map", "velocity"))
+        normalise_fields(self)
+
+    def split_config(self) -> SplitConfig:
+        """Dyadic steps D = 2^-k from ``levels`` and ``grid``."""
+        return SplitConfig.of(self, sampler=DyadicSampler(self.levels, self.grid))
+
+    def off_diagonal(self, model, s, t, x0, x1, generator) -> OffDiagonal:
+        x_s, _ = interpolate(self.interpolant, s, x0, x1)
+        half = 0.5 * (t - s)
+        m = s + half
+        if self.finest == "velocity":
+            fine = half <= 0.5**self.levels * (1.0 + 1e-9)
+            end1, end2 = torch.where(fine, s, m), torch.where(fine, m, t)
+        else:
+            end1, end2 = m, t
+        with torch.no_grad():
+            v1 = model.average_velocity(s, end1, x_s)
+            x_m = x_s + expand_as_state(half, x_s) * v1
+            v2 = model.average_velocity(m, end2, x_m)
+            target = (0.5 * (v1 + v2)).detach()
+        raw = squared_error(model.average_velocity(s, t, x_s), target)
+        return OffDiagonal(raw=raw, aux={"target_norm": norm(target)}, u=m).named("shortcut")
 
     def __call__(self, model, x1, generator=None, *, x0=None, times=None) -> ObjectiveResult:
         """Per-sample loss (batch,) for data x1 (batch, dim); ``x0`` / ``times`` fix noise and times."""
-        cfg = self._config()
-        finest_half = 0.5 ** self.levels
-
-        def off(model, s, t, x0, x1, generator):
-            x_s, _ = interpolate(cfg.interpolant, s, x0, x1)
-            half = 0.5 * (t - s)
-            m = s + half
-            if self.finest == "velocity":
-                fine = half <= finest_half * (1.0 + 1e-9)
-                end1, end2 = torch.where(fine, s, m), torch.where(fine, m, t)
-            else:
-                end1, end2 = m, t
-            with torch.no_grad():
-                v1 = model.average_velocity(s, end1, x_s)
-                x_m = x_s + expand_as_state(half, x_s) * v1
-                v2 = model.average_velocity(m, end2, x_m)
-                target = (0.5 * (v1 + v2)).detach()
-            raw = squared_error(model.average_velocity(s, t, x_s), target)
-            return OffDiagonal(raw=raw, aux={"target_norm": norm(target)}, u=m)
-
-        result = evaluate_split(cfg, model, x1, generator, "shortcut", off, x0=x0, times=times)
-        return with_weight_aux(result, cfg.weighting, model, x1)
+        return evaluate_split(self, model, x1, generator, x0=x0, times=times)

@@ -3,7 +3,7 @@
 | kind             | weighted loss                          | source                                   |
 |------------------|----------------------------------------|------------------------------------------|
 | ``none``         | l                                      |                                          |
-| ``learned``      | exp(-w) l + w,  w = model.loss_weight  | B25 sec. 2.2 (EDM2 uncertainty weighting) |
+| ``learned``      | exp(-w) l + w,  w = model.loss_weight  | B25 code (EDM2 uncertainty weighting)    |
 | ``adaptive``     | l / sg(l + c)^p                        | MeanFlow (c = 1e-3), iSD (c = 1e-2, p = 1) |
 | ``pseudo_huber`` | sqrt(l + c^2) - c                      | iCT (c = 0.00054 sqrt(d)); iSD (c = 5)     |
 
@@ -23,7 +23,7 @@ import torch
 from ..core.validation import check_tensor
 from .base import TimeBatch
 
-__all__ = ["KINDS", "Weighting", "apply_weighting", "get_weighting"]
+__all__ = ["KINDS", "Weighting", "apply_weighting", "get_weighting", "gradient_weight"]
 
 KINDS = ("none", "learned", "adaptive", "pseudo_huber")
 
@@ -113,3 +113,18 @@ def apply_weighting(
             raise ValueError("weighting 'pseudo_huber' with the default c = 0.00054 sqrt(d) needs x to know d; pass x or c")
         c = 0.00054 * math.sqrt(x[0].numel())
     return torch.sqrt(raw + c * c) - c
+
+
+def gradient_weight(weighting: object, raw: torch.Tensor, model: object = None, times: object = None,
+                    x: torch.Tensor | None = None) -> torch.Tensor:
+    """d loss_i / d raw_i of a weighting, detached, shape (batch,): the factor by which the weighting
+    rescales each sample's gradient (adaptive: 1 / (l + c)^p; learned: exp(-w); pseudo_huber:
+    1 / (2 sqrt(l + c^2)); none: 1). Arguments as :func:`apply_weighting`."""
+    w = get_weighting(weighting)
+    if w.kind == "none":
+        return torch.ones_like(raw).detach()
+    with torch.enable_grad():
+        r = raw.detach().clone().requires_grad_(True)
+        out = apply_weighting(r, w, model, times, x)
+        (grad,) = torch.autograd.grad(out.sum(), r)
+    return grad.detach()
