@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 2. Training a flow map and watching its diagnostics live
 #
-# Three self-distillation objectives of Boffi, Albergo & Vanden-Eijnden (B25 digest sec. 2) train
+# Three self-distillation objectives of Boffi, Albergo & Vanden-Eijnden (NeurIPS 2025, "B25") train
 # the same MLP flow map $\hat X_{s,t}(x) = x + (t - s)\, v_\theta(s, t, x)$ on eight Gaussians.
 # Each has the diagonal flow-matching term $\mathcal{L}_{\mathrm{diag\_fm}}$ on a share of the
 # batch and one off-diagonal term built from the model's own diagonal $v_{t,t}$:
