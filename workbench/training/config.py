@@ -119,7 +119,9 @@ _SCHEDULE_KEYS = {"linear": {"start", "end", "steps"}, "geometric": {"start", "f
 def check_schedule(name: str, spec: object) -> None:
     """A schedule of an objective field over completed updates k (applied by the trainer each step):
     ``{"kind": "linear", "start": a, "end": b, "steps": n}`` or
-    ``{"kind": "geometric", "start": a, "factor": f, "every": n[, "lo": l][, "hi": h]}``."""
+    ``{"kind": "geometric", "start": a, "factor": f, "every": n[, "lo": l][, "hi": h]}`` with
+    f > 0 (both kinds are monotone in k). Whether the values stay in the objective's range over a
+    run is checked by ``TrainConfig`` (it knows the run's length)."""
     kinds = " or ".join(f"{{'kind': {k!r}, " + ", ".join(f"{f!r}: ..." for f in sorted(v)) + "}" for k, v in _SCHEDULE_KEYS.items())
     ok = isinstance(spec, dict) and spec.get("kind") in _SCHEDULE_KEYS
     if ok:
@@ -128,7 +130,9 @@ def check_schedule(name: str, spec: object) -> None:
         ok = need <= set(spec) <= allowed and all(_is_num(spec[k]) for k in set(spec) - {"kind"})
         count = spec.get("steps", spec.get("every"))
         ok = ok and _is_int(count) and count > 0
-    _require(ok, name, kinds, spec)
+        if ok and spec["kind"] == "geometric":  # a positive factor keeps the schedule monotone in k
+            ok = spec["factor"] > 0 and spec.get("lo", -math.inf) <= spec.get("hi", math.inf)
+    _require(ok, name, kinds + " (counts positive ints, factor > 0, lo <= hi)", spec)
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,7 @@ class TrainConfig:
         ValueError naming the file when it is missing, binary, truncated, not a JSON object or
         holds an invalid config."""
         path = Path(RunDir(run_dir))
-        if path.is_dir():
+        if path.is_dir() or not path.exists():
             path = RunDir(path).config
             if not path.is_file():
                 raise ValueError(f"no {CONFIG_FILE} in {run_dir}; is it a run directory?")
