@@ -502,7 +502,6 @@ F32_MAX = float(torch.finfo(torch.float32).max)
         (lambda: ModelConfig(activation="swish"), "activation must be one of"),
         (lambda: ModelConfig(time_embedding="fourier"), "model"),
         (lambda: ModelConfig(zero_init="yes"), "model.zero_init must be a bool"),
-        (lambda: ObjectiveConfig("nope"), "objective.name must be one of"),
         (lambda: DataConfig("nope"), "data name must be one of"),
         (lambda: DataConfig("rings", {"radii": [1.0], "bogus": 1}), "data 'rings'"),
         (lambda: TrainConfig(objective=ObjectiveConfig("lsd", {"diag_fraction": 2.0})), "diag_fraction"),
@@ -529,6 +528,33 @@ def test_the_lr_bound_is_where_adam_stops_crashing(tmp_path):
     assert dataclasses.replace(cfg, dtype="float64", optim=OptimConfig(lr=1e39)).optim.lr == 1e39
     assert TrainConfig(ema_rates=(0.999999999,), dtype="float64").ema_rates == (0.999999999,)
     assert TrainConfig(batch_size=2**24).batch_size == 2**24  # the bound itself is allowed
+
+
+def test_a_custom_objective_name_is_checked_when_the_trainer_starts(tmp_path):
+    """A name outside OBJECTIVES labels a custom objective passed to the Trainer; its schedules are then
+    checked against that objective over the whole run."""
+    ramp = {"scale": {"kind": "linear", "start": 1.0, "end": -1.0, "steps": 10}}
+    cfg = tiny_config(objective=ObjectiveConfig("scaled", schedules=ramp), steps=20)
+    with pytest.raises(ValueError, match="objective.name must be one of"):
+        Trainer(cfg, tmp_path / "a")  # no objective given: the name must be a registered one
+
+    @dataclasses.dataclass(frozen=True)
+    class ScaledFM:
+        name: str = "scaled"
+        scale: float = 1.0
+
+        def __post_init__(self):
+            if not self.scale >= 0:
+                raise ValueError(f"scale must be >= 0, got {self.scale}")
+
+        def __call__(self, model, x1, generator=None):
+            res = OBJECTIVES["fm"](model, x1, generator=generator)
+            return dataclasses.replace(res, loss=self.scale * res.loss)
+
+    with pytest.raises(ValueError, match=r"at step 11 of 20 \(scale = -1\).*scale must be >= 0"):
+        Trainer(cfg, tmp_path / "b", objective=ScaledFM())
+    ok = dataclasses.replace(cfg, steps=6)  # ends at scale = 0
+    assert Trainer(ok, tmp_path / "c", objective=ScaledFM()).fit().status == "completed"
 
 
 def test_command_line_values_are_validated_when_parsed():
