@@ -35,6 +35,7 @@ from workbench.training import (
 )
 from workbench.training.checkpoint import CHECKSUM_KEY, CheckpointError, nonfinite_tensors, state_digest
 
+F32_MAX = float(torch.finfo(torch.float32).max)
 GAUSS = DataConfig("gaussian", {"mean": [1.0, -0.5], "cov": [[0.5, 0.2], [0.2, 0.3]]})
 
 
@@ -305,6 +306,22 @@ def test_a_nonfinite_ema_after_an_update_stops_the_run_and_the_claim_about_the_c
     assert "ema 0.99 " in result.message and "last checkpoint (step 4) holds the last finite state" in result.message
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [4]
     load_checkpoint(list_checkpoints(tmp_path / "run")[0][1])  # the claim holds: it passes every check
+
+
+def test_the_fast_state_check_has_no_false_alarm_when_a_finite_sum_overflows(tmp_path):
+    trainer = Trainer(tiny_config(steps=2), tmp_path / "run")
+    trainer.fit()
+    assert trainer.nonfinite_state() == []
+    ema_weight = next(trainer.ema.models[0.9].parameters())
+    with torch.no_grad():
+        ema_weight.fill_(F32_MAX)  # finite entries whose float32 sum overflows to inf
+    assert not torch.isfinite(ema_weight.sum()) and torch.isfinite(ema_weight).all()
+    assert trainer.nonfinite_state() == []
+    with torch.no_grad():
+        ema_weight.view(-1)[3] = -math.inf
+    names = dict(trainer.ema.models[0.9].named_parameters())
+    name = next(n for n, p in names.items() if p is ema_weight)
+    assert trainer.nonfinite_state() == [f"ema 0.9 {name}"]
 
 
 # -- non-finite data and exceptions inside a step ------------------------------------------------------
