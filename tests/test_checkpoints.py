@@ -324,6 +324,25 @@ def test_the_fast_state_check_has_no_false_alarm_when_a_finite_sum_overflows(tmp
     assert trainer.nonfinite_state() == [f"ema 0.9 {name}"]
 
 
+@pytest.mark.parametrize("fused", [False, True])  # the CPU path and the fused one used on a GPU
+def test_the_fast_reduction_sees_every_nonfinite_entry(fused):
+    from workbench.training.trainer import _sums_finite
+
+    for dtype in (torch.float32, torch.float64):
+        finfo = torch.finfo(dtype)
+        ts = [torch.randn(7, 5, dtype=dtype), torch.tensor(2.0, dtype=dtype), torch.randn(300, dtype=dtype)]
+        assert _sums_finite(ts, fused=fused)
+        for bad in (math.nan, math.inf, -math.inf):
+            for i in range(len(ts)):
+                poisoned = [t.clone() for t in ts]
+                poisoned[i].view(-1)[-1] = bad
+                assert not _sums_finite(poisoned, fused=fused), (bad, i)
+        both = [torch.tensor([math.inf, -math.inf], dtype=dtype)]  # +inf - inf is NaN: still caught
+        assert not _sums_finite(both, fused=fused)
+        huge = [torch.full((4,), finfo.max, dtype=dtype)]  # a finite overflow: a (handled) false alarm
+        assert not _sums_finite(huge, fused=fused)
+
+
 # -- non-finite data and exceptions inside a step ------------------------------------------------------
 class Faulty:
     """The Gaussian data source, with NaN in the batch (``mode="nan"``) or an exception raised after

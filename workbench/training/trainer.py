@@ -108,6 +108,15 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else "")
 
 
+def _sums_finite(tensors: list[torch.Tensor], *, fused: bool) -> bool:
+    """True when sum_i x_i (CPU) or sum_i |x_i| (``fused``: one multi-tensor kernel, for CUDA) of
+    every tensor is finite; False when an entry is NaN or inf, or when a finite sum overflows.
+    One host sync. On the CPU per-tensor sums are about 4 times faster than the fused L1 norms;
+    on a GPU the fused norms save a kernel launch per tensor (about 2.5 times faster)."""
+    sums = torch._foreach_norm(tensors, 1) if fused else [t.sum() for t in tensors]
+    return bool(torch.stack(sums).isfinite().all())
+
+
 def _check_run_dir(run_dir: object) -> RunDir:
     """A run directory argument: not '', not a file (with a hint when it names a run's config.json)."""
     try:
@@ -280,17 +289,16 @@ class Trainer:
         """Names of the weight, optimiser and EMA tensors holding a NaN or an inf ([] when all are
         finite).
 
-        The fast test sums each tensor (a NaN or an inf entry makes the sum non-finite) and reads
-        the stacked sums back with one host sync per (device, dtype) group; only when a sum is not
-        finite does the exact per-tensor scan run, which names the culprits (and returns [] when the
-        sum merely overflowed, which finite entries can only do when their total exceeds the
-        dtype's range). Summing reads the state once; the max-abs reduction would be exact but is
-        about 20 times slower on the CPU (docs/training-checkpoints.md)."""
+        The fast test (:func:`_sums_finite`) reduces each tensor to a sum (a NaN or an inf entry
+        makes it non-finite) and reads the result back with one host sync per (device, dtype) group;
+        only when a sum is not finite does the exact per-tensor scan run, which names the culprits
+        (and returns [] when a sum merely overflowed, which finite entries do only when their total
+        exceeds the dtype's range). Measured cost: docs/training-checkpoints.md."""
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         checked = self._checked_tensors()
         for _, t in checked:
             groups.setdefault((t.device, t.dtype), []).append(t)
-        if all(bool(torch.stack([t.sum() for t in ts]).isfinite().all()) for ts in groups.values()):
+        if all(_sums_finite(ts, fused=ts[0].device.type != "cpu") for ts in groups.values()):
             return []
         return [n for n, t in checked if not bool(torch.isfinite(t).all())]
 
