@@ -515,6 +515,12 @@ def test_every_config_value_is_validated_at_construction(make, match):
         make()
 
 
+def test_validating_a_config_draws_no_random_numbers():
+    state = torch.get_rng_state()
+    TrainConfig(model=ModelConfig(hidden=512, depth=6, activation="silu", zero_init=True))
+    assert torch.equal(state, torch.get_rng_state())
+
+
 def test_the_lr_bound_is_where_adam_stops_crashing(tmp_path):
     """Just inside the bound Adam's first step runs (the weights may blow up: the run then stops as
     diverged, with a message); lr = 1e39 used to pass validation and crash inside Adam."""

@@ -8,9 +8,9 @@ below ``objective.`` and ``data.`` other than ``name`` become objective override
 Every value is validated when the config is constructed, not at its first use, so a bad config
 fails before a run starts (and ``--dry-run`` catches it):
 
-* each section checks its own fields; ``ModelConfig`` builds its model on torch's ``meta`` device
-  (no memory, no random numbers drawn) so the model's own checks run; ``DataConfig`` builds its data
-  source (data sources are cheap to construct; data is drawn lazily);
+* each section checks its own fields; ``ModelConfig`` builds a miniature of its model (width and
+  depth 1, torch's random state restored) so the model's own checks run; ``DataConfig`` builds its
+  data source (data sources are cheap to construct; data is drawn lazily);
 * ``TrainConfig`` checks what depends on several sections: the objective is built with its
   overrides against the data source, every objective-field schedule is evaluated over the whole
   run and the objective rebuilt at those values (:func:`workbench.training.build.check_schedules`);
@@ -277,15 +277,18 @@ _DTYPE_NAMES = ("float32", "float64")
 
 
 def _check_model_builds(cfg: ModelConfig) -> None:
-    """Build the model on torch's meta device (no memory, no random numbers drawn) so its own
-    checks (activation, time embedding, ...) run now."""
+    """Build a miniature of the model (width and depth 1, its other fields as configured) so that
+    the model's own checks (activation, time embedding, ...) run now. Torch's global random state is
+    restored afterwards, so constructing a config draws nothing. (Building on torch's meta device
+    instead would import torch's compiler stack, about a second per process.)"""
     import torch
 
-    from .build import build_model
+    from ..models import make_mlp_flow_map
 
+    kw = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "kind"}
     try:
-        with torch.device("meta"):
-            build_model(cfg, 1)
+        with torch.random.fork_rng(devices=[]):
+            make_mlp_flow_map(1, **{**kw, "hidden": 1, "depth": 1})
     except (TypeError, ValueError) as err:
         raise ValueError(f"model: {err}") from None
 
