@@ -525,10 +525,12 @@ def test_library_does_not_import_analysis():
 # -- diverged runs and row labels -------------------------------------------------------------------------------
 def _diverge(rd: Path) -> None:
     """Scale every weight of the run's newest checkpoint by 1e30: the float32 model overflows to inf."""
-    (ck,) = sorted((rd / "checkpoints").glob("step-*.pt"))[-1:]
-    state = torch.load(ck, map_location="cpu", weights_only=False)
+    from workbench.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+    step, ck = list_checkpoints(rd)[-1]
+    state = load_checkpoint(ck)
     state["model"] = {k: v * 1e30 if v.is_floating_point() else v for k, v in state["model"].items()}
-    torch.save(state, ck)
+    save_checkpoint(state, rd, step)  # finite weights, a new checksum: a checkpoint the trainer could write
 
 
 def test_make_figures_with_a_diverged_run_keeps_every_figure_and_notes_it(real_run, tmp_path):

@@ -44,6 +44,7 @@ from workbench.training import (
     read_metrics,
     save_checkpoint,
 )
+from workbench.training.checkpoint import CheckpointError
 from workbench.training.optim import scheduled_value
 
 GAUSS = DataConfig("gaussian", {"mean": [1.0, -0.5], "cov": [[0.5, 0.2], [0.2, 0.3]]})
@@ -303,7 +304,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
     (tmp_path / "checkpoints" / ".tmp-killed.pt").write_bytes(b"torn")  # a writer killed mid-write
     assert load_latest(tmp_path)["step"] == 4
-    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    # a reader never deletes: the temporary file may belong to a write in progress (the trainer removes
+    # stale ones when it resumes, through RunDir.remove_stale_temporaries)
+    assert [p.name for p in (tmp_path / "checkpoints").glob(".tmp-*")] == [".tmp-killed.pt"]
 
 
 class _Evil:
@@ -320,8 +323,9 @@ def test_checkpoints_load_weights_only(tmp_path):
     assert state["rng"]["train"].dtype == torch.uint8
     bad = tmp_path / "evil.pt"
     torch.save({"x": _Evil()}, bad)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="weights_only") as info:
         load_checkpoint(bad)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError) and str(bad) in str(info.value)
 
 
 # -- callbacks ---------------------------------------------------------------------------------------
@@ -448,3 +452,180 @@ def test_sampler_inputs_and_convenience():
     model = make_mlp_flow_map(2, hidden=8, depth=1)
     x = sample(model, 10, n_steps=3, generator=torch.Generator().manual_seed(1))
     assert x.shape == (10, 2) and not x.requires_grad and x.dtype == torch.float32
+
+
+# -- the EMA follows the optimiser step ------------------------------------------------------------------
+def test_the_trainer_updates_the_ema_after_the_optimizer_step(tmp_path):
+    """One step with EMA rate 0.5: the average is 0.5 theta_0 + 0.5 theta_1 with theta_1 the weights
+    after the step (updating the EMA before the step would give theta_0). Both halvings are exact in
+    binary floating point, so the sum is one rounding of the same two numbers: bit for bit."""
+    start = {}
+
+    class Initial(Callback):
+        def on_train_start(self, ctx):
+            start.update({n: p.detach().clone() for n, p in ctx.model.named_parameters()})
+
+    cfg = tiny_config(steps=1, ema_rates=(0.5,), dtype="float64", checkpoint_every=0)
+    trainer = Trainer(cfg, tmp_path / "run", callbacks=[Initial()])
+    assert trainer.fit().status == "completed"
+    ema = dict(trainer.ema.models[0.5].named_parameters())
+    moved = 0
+    for name, theta1 in trainer.model.named_parameters():
+        expected = 0.5 * start[name] + 0.5 * theta1.detach()
+        assert torch.equal(ema[name], expected), name
+        moved += int(not torch.equal(theta1, start[name]))
+    assert moved > 0, "the step changed no weight: the test would not see the order"
+
+
+# -- validation at construction ----------------------------------------------------------------------------
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: TrainConfig(device="gpu0"), "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu0'"),
+        (lambda: TrainConfig(device="cuda:-1"), "device"),
+        (lambda: TrainConfig(device=0), "device"),
+        (lambda: TrainConfig(dtype="int64"), "dtype must be 'float32' or 'float64'"),
+        (lambda: TrainConfig(dtype=torch.float32), "dtype"),
+        (lambda: TrainConfig(optim=OptimConfig(lr=1e39)), "optim.lr .* float32"),
+        (lambda: TrainConfig(optim=OptimConfig(name="adam", lr=1e38)), r"lr / \(1 - beta1\) = 1e\+39"),
+        (lambda: TrainConfig(optim=OptimConfig(lr=1e-46)), "does not round to 0 in float32"),
+        (lambda: TrainConfig(optim=OptimConfig(lr=math.inf)), "optim.lr"),
+        (lambda: TrainConfig(optim=OptimConfig(eps=1e-50)), "optim.eps"),
+        (lambda: TrainConfig(ema_rates=(0.999999999,)), "rates that stay below 1 in float32"),
+        (lambda: TrainConfig(batch_size=10**12), r"batch_size must be at most 16777216"),
+        (lambda: TrainConfig(batch_size=2**24 + 1), "batch_size"),
+        (lambda: TrainConfig(batch_size=1.0), "batch_size must be a positive int"),
+        (lambda: TrainConfig(seed=2**64), "seed"),
+        (lambda: ModelConfig(activation="swish"), "activation must be one of"),
+        (lambda: ModelConfig(time_embedding="fourier"), "model"),
+        (lambda: ModelConfig(zero_init="yes"), "model.zero_init must be a bool"),
+        (lambda: DataConfig("nope"), "data name must be one of"),
+        (lambda: DataConfig("rings", {"radii": [1.0], "bogus": 1}), "data 'rings'"),
+        (lambda: TrainConfig(objective=ObjectiveConfig("lsd", {"diag_fraction": 2.0})), "diag_fraction"),
+        (lambda: TrainConfig(objective=ObjectiveConfig("lmd", {"teacher": "data"})), "analytic flow"),
+        (lambda: ObjectiveConfig("lsd", schedules={"diag_fraction": {"kind": "geometric", "start": 0.5,
+                                                                     "factor": -0.5, "every": 10}}), "factor > 0"),
+    ],
+)
+def test_every_config_value_is_validated_at_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_validating_a_config_draws_no_random_numbers():
+    state = torch.get_rng_state()
+    TrainConfig(model=ModelConfig(hidden=512, depth=6, activation="silu", zero_init=True))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_the_lr_bound_is_where_adam_stops_crashing(tmp_path):
+    """Just inside the bound Adam's first step runs (the weights may blow up: the run then stops as
+    diverged, with a message); lr = 1e39 used to pass validation and crash inside Adam."""
+    beta1 = 0.9
+    lr = 0.99 * F32_MAX * (1 - beta1)
+    cfg = tiny_config(optim=OptimConfig(name="adam", lr=lr, betas=(beta1, 0.999)), steps=2, checkpoint_every=0)
+    result = Trainer(cfg, tmp_path / "run").fit()
+    assert result.status in ("completed", "diverged")
+    with pytest.raises(ValueError, match="optim.lr"):
+        dataclasses.replace(cfg, optim=OptimConfig(name="adam", lr=1.02 * F32_MAX * (1 - beta1)))
+    assert dataclasses.replace(cfg, dtype="float64", optim=OptimConfig(lr=1e39)).optim.lr == 1e39
+    assert TrainConfig(ema_rates=(0.999999999,), dtype="float64").ema_rates == (0.999999999,)
+    assert TrainConfig(batch_size=2**24).batch_size == 2**24  # the bound itself is allowed
+
+
+def test_a_custom_objective_name_is_checked_when_the_trainer_starts(tmp_path):
+    """A name outside OBJECTIVES labels a custom objective passed to the Trainer; its schedules are then
+    checked against that objective over the whole run."""
+    ramp = {"scale": {"kind": "linear", "start": 1.0, "end": -1.0, "steps": 10}}
+    cfg = tiny_config(objective=ObjectiveConfig("scaled", schedules=ramp), steps=20)
+    with pytest.raises(ValueError, match="objective.name must be one of"):
+        Trainer(cfg, tmp_path / "a")  # no objective given: the name must be a registered one
+
+    @dataclasses.dataclass(frozen=True)
+    class ScaledFM:
+        name: str = "scaled"
+        scale: float = 1.0
+
+        def __post_init__(self):
+            if not self.scale >= 0:
+                raise ValueError(f"scale must be >= 0, got {self.scale}")
+
+        def __call__(self, model, x1, generator=None):
+            res = OBJECTIVES["fm"](model, x1, generator=generator)
+            return dataclasses.replace(res, loss=self.scale * res.loss)
+
+    with pytest.raises(ValueError, match=r"at step 11 of 20 \(scale = -1\).*scale must be >= 0"):
+        Trainer(cfg, tmp_path / "b", objective=ScaledFM())
+    ok = dataclasses.replace(cfg, steps=6)  # ends at scale = 0
+    assert Trainer(ok, tmp_path / "c", objective=ScaledFM()).fit().status == "completed"
+
+
+def test_command_line_values_are_validated_when_parsed():
+    for key, value, match in [("batch_size", "1e12", "batch_size"), ("lr", "1e39", "optim.lr"),
+                              ("device", "gpu0", "device"), ("activation", "swish", "activation")]:
+        with pytest.raises(ValueError, match=match):
+            apply_overrides(TrainConfig(), {key: value})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_a_value_error_when_the_trainer_starts(tmp_path):
+    cfg = tiny_config(device="cuda")  # a config written on a GPU machine still loads here
+    with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# -- schedules over the whole run ----------------------------------------------------------------------
+LEAVES = {"diag_fraction": {"kind": "linear", "start": 1.0, "end": -0.5, "steps": 100}}
+
+
+def test_a_schedule_that_leaves_the_range_during_the_run_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"at step 101 of 200 \(diag_fraction = -0\.5\).*\[0, 1\]"):
+        tiny_config(objective=ObjectiveConfig("lsd", schedules=LEAVES), steps=200)
+    # the same schedule over a run that ends while it is still in range is fine:
+    # at step 50, 1 - 1.5 * 49 / 100 = 0.265
+    assert tiny_config(objective=ObjectiveConfig("lsd", schedules=LEAVES), steps=50).steps == 50
+    geo = {"diag_fraction": {"kind": "geometric", "start": 0.1, "factor": 2.0, "every": 10}}
+    with pytest.raises(ValueError, match=r"at step 41 of 100 \(diag_fraction = 1\.6\)"):
+        tiny_config(objective=ObjectiveConfig("lsd", schedules=geo), steps=100)  # 0.1 * 2^4 at k = 40
+    capped = {"diag_fraction": {**geo["diag_fraction"], "hi": 1.0}}
+    assert tiny_config(objective=ObjectiveConfig("lsd", schedules=capped), steps=100).steps == 100
+    with pytest.raises(ValueError, match="diag_fraction = nan is not finite"):  # end - start overflows
+        tiny_config(objective=ObjectiveConfig("lsd", schedules={"diag_fraction": {
+            "kind": "linear", "start": -1.7e308, "end": 1.7e308, "steps": 10}}), steps=5)
+
+
+def test_dry_run_refuses_such_a_schedule_without_a_traceback(capsys):
+    from workbench.experiments.cli import main
+
+    code = main(["gauss2d-lsd", "--objective.schedules", json.dumps(LEAVES), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert "diag_fraction = -0.5" in err and "step 101" in err
+
+
+# -- config files and run directories ------------------------------------------------------------------
+@pytest.mark.parametrize("content,match", [(b"\x89PNG\r\n\x1a\n\x00\xff", "not UTF-8"),
+                                           (b'{"steps": 10, "optim": {"lr"', "not valid JSON"),
+                                           (b"[]", "must hold a JSON dict"),
+                                           (b'{"steps": "ten"}', "invalid config: steps must be")])
+def test_a_bad_config_json_is_a_value_error_naming_the_file(tmp_path, content, match):
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        TrainConfig.load(tmp_path)
+    assert str(tmp_path / "config.json") in str(info.value)
+    with pytest.raises(ValueError, match="no config.json in"):
+        TrainConfig.load(tmp_path / "missing")
+
+
+def test_run_dir_arguments_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="run_dir must name a directory, got ''"):
+        Trainer(tiny_config(), "")
+    Trainer(tiny_config(steps=2), tmp_path / "run").fit()
+    with pytest.raises(ValueError, match=r"is a file; pass the run directory .*run, not its config file"):
+        Trainer.resume(tmp_path / "run" / "config.json")
+    with pytest.raises(ValueError, match="cannot be created"):
+        Trainer(tiny_config(), tmp_path / "run" / "config.json" / "sub")

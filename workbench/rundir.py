@@ -7,7 +7,8 @@ is the only place that spells a file name of one, and the only implementation of
     <run>/metrics.jsonl                append-only, one JSON object per logged step (non-finite = null)
     <run>/sessions.jsonl               one line per training session (start, end, status)
     <run>/tb/                          TensorBoard events
-    <run>/checkpoints/step-<9 digits>.pt
+    <run>/checkpoints/step-<9 digits>.pt   (a checkpoint that failed its checks is renamed
+                                        step-<9 digits>.pt.unusable by the trainer on resume)
     <run>/diagnostics/*.npz, first_fired.json   periodic diagnostics
     <run>/diagnosis.json, diagnosis.md the detectors' verdicts at the end of training
     <run>/evaluation.json, training.json        the main job's evaluation and training summary
@@ -37,6 +38,7 @@ from typing import IO, Any
 __all__ = [
     "CHECKPOINT_DIR",
     "RunDir",
+    "append_jsonl",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -44,6 +46,8 @@ __all__ = [
     "check_run_dir",
     "read_json",
     "read_jsonl",
+    "rewrite_last_jsonl",
+    "save_npz",
 ]
 
 CONFIG = "config.json"
@@ -58,6 +62,7 @@ EVALUATION = "evaluation.json"
 TRAINING = "training.json"
 GALLERY = "gallery.npz"
 _TMP_PREFIX = ".tmp-"
+_UNUSABLE_SUFFIX = ".unusable"
 _CHECKPOINT = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -116,8 +121,17 @@ class RunDir:
             return []
         return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _CHECKPOINT.match(p.name)))
 
+    def unusable_checkpoint(self, step: int) -> Path:
+        """checkpoints/step-<step>.pt.unusable: where a checkpoint that failed its checks is set aside
+        (kept for inspection, no longer listed by :meth:`checkpoints`)."""
+        path = self.checkpoint(step)
+        return path.with_name(path.name + _UNUSABLE_SUFFIX)
+
     def remove_stale_temporaries(self) -> int:
-        """Delete temporary files a killed atomic write left in the run's folders; return how many."""
+        """Delete temporary files a killed atomic write left in the run's folders; return how many.
+
+        Only the process that owns the run may call this (the trainer, when it resumes): a temporary
+        file may also belong to a write in progress."""
         n = 0
         for folder in (self.path, self.checkpoint_dir, self.diagnostics):
             if folder.is_dir():
@@ -206,6 +220,37 @@ def _json_safe(v: Any) -> Any:
 def atomic_write_json(path: str | os.PathLike, doc: Any, *, indent: int | None = 2) -> Path:
     """Atomically write ``doc`` as strict JSON (NaN and inf become null) with a trailing newline."""
     return atomic_write_text(path, json.dumps(_json_safe(doc), indent=indent, allow_nan=False) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, row: Mapping[str, Any]) -> Path:
+    """Append ``row`` as one strict-JSON line (non-finite floats as null) to an append-only log.
+
+    If the file ends in a torn line (a crash mid-append), a newline is written first so that the new
+    row stays a line of its own (the torn line is then skipped by :func:`read_jsonl`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(_json_safe(dict(row)), allow_nan=False) + "\n"
+    with open(path, "ab") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    line = "\n" + line
+        f.write(line.encode("utf-8"))
+        f.flush()
+    return path
+
+
+def rewrite_last_jsonl(path: str | os.PathLike, update: Mapping[str, Any]) -> Path:
+    """Atomically rewrite a JSON-lines log with ``update`` merged into its last row (a new row if it
+    has none): how a session line gets its end once the session is over."""
+    rows = read_jsonl(path)
+    if rows:
+        rows[-1] = {**rows[-1], **update}
+    else:
+        rows = [dict(update)]
+    text = "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows)
+    return atomic_write_text(path, text)
 
 
 def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:

@@ -39,8 +39,12 @@ class StepRecord:
     loss: batch mean of ``result.loss``; terms: batch mean of each non-empty term; grad_norm:
     global gradient norm before clipping (NaN when the loss was not finite); clipped: whether
     clipping scaled the gradient; n_nonfinite_grad: NaN/inf gradient entries; skipped: the update
-    was not applied (non-finite loss or gradient); lr: learning rate of this step; seconds: wall
-    time of the step; result: the ObjectiveResult, detached; x1: the data batch.
+    was not applied (non-finite data, loss or gradient); lr: learning rate of this step; seconds:
+    wall time of the step; result: the ObjectiveResult, detached; x1: the data batch; skip_reason:
+    why the step was skipped ("" when it was not), e.g. "non-finite data batch (3 of 64 entries)".
+
+    When the data batch itself is not finite the objective is not evaluated: ``result`` then holds
+    a NaN per-sample loss, no terms and NaN times, and ``grad_norm`` is NaN.
     """
 
     step: int
@@ -54,6 +58,7 @@ class StepRecord:
     seconds: float
     result: ObjectiveResult
     x1: torch.Tensor
+    skip_reason: str = ""
 
 
 class TrainContext:

@@ -4,6 +4,24 @@
 ``apply_overrides(config, {"optim.lr": "3e-4", ...})`` is the thin layer the command line uses
 (string values parsed by the field's type; keys may be dotted paths or unique leaf names; keys
 below ``objective.`` and ``data.`` other than ``name`` become objective overrides / data keywords).
+
+Every value is validated when the config is constructed, not at its first use, so a bad config
+fails before a run starts (and ``--dry-run`` catches it):
+
+* each section checks its own fields; ``ModelConfig`` builds a miniature of its model (width and
+  depth 1, torch's random state restored) so the model's own checks run; ``DataConfig`` builds its
+  data source (data sources are cheap to construct; data is drawn lazily);
+* ``TrainConfig`` checks what depends on several sections: the objective is built with its
+  overrides against the data source, every objective-field schedule is evaluated over the whole
+  run and the objective rebuilt at those values (:func:`workbench.training.build.check_schedules`);
+  an objective name outside ``workbench.losses.OBJECTIVES`` labels a custom objective passed to
+  the ``Trainer``, which runs these checks on it when it starts (and refuses the name without it);
+  ``optim.lr`` must be representable in ``dtype`` including Adam's first step size
+  lr / (1 - beta1), and ``optim.eps`` and every EMA rate must survive rounding to ``dtype``;
+  ``batch_size`` is at most :data:`MAX_BATCH_SIZE`.
+* ``device`` is checked for its form here ("gpu0" is refused); whether this machine has the device
+  is checked when a trainer starts (:func:`workbench.training.build.resolve_device`), so a config
+  written on a GPU machine still loads on a laptop for analysis.
 """
 
 from __future__ import annotations
@@ -17,7 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CONFIG_FILE = "config.json"
+from ..rundir import CONFIG, RunDir, atomic_write_text, read_json
+
+CONFIG_FILE = CONFIG  # the file name, kept for importers; paths come from RunDir(run_dir).config
+
+# The largest batch one optimiser step may draw. Checked at construction so that a typo such as
+# --batch_size 1e12 fails with a message instead of an allocation error deep inside the first step.
+# 2**24 = 16,777,216 samples: 168 times B25's largest batch (100,000, the checkerboard); an MLP of width
+# 256 already needs 16 GiB per float32 activation layer at this size, beyond what one step should
+# allocate; larger effective batches want gradient accumulation, not one giant batch. It is also the
+# largest count float32 represents exactly, so per-batch counts and fractions stay exact.
+MAX_BATCH_SIZE = 2**24
+# torch.Generator.manual_seed takes seeds below 2**64; the callbacks' generator uses seed + 1.
+MAX_SEED = 2**64 - 2
 
 
 def _require(cond: bool, name: str, expected: str, value: object) -> None:
@@ -51,6 +81,11 @@ class ModelConfig:
         _require(_is_int(self.hidden) and self.hidden > 0, "model.hidden", "a positive int", self.hidden)
         _require(_is_int(self.depth) and self.depth > 0, "model.depth", "a positive int", self.depth)
         _require(_is_num(self.data_std) and self.data_std > 0, "model.data_std", "a number > 0", self.data_std)
+        for name in ("activation", "time_embedding"):
+            _require(isinstance(getattr(self, name), str), f"model.{name}", "a str", getattr(self, name))
+        for name in ("learned_weight", "zero_init"):
+            _require(isinstance(getattr(self, name), bool), f"model.{name}", "a bool", getattr(self, name))
+        _check_model_builds(self)
 
 
 @dataclass(frozen=True)
@@ -83,7 +118,9 @@ _SCHEDULE_KEYS = {"linear": {"start", "end", "steps"}, "geometric": {"start", "f
 def check_schedule(name: str, spec: object) -> None:
     """A schedule of an objective field over completed updates k (applied by the trainer each step):
     ``{"kind": "linear", "start": a, "end": b, "steps": n}`` or
-    ``{"kind": "geometric", "start": a, "factor": f, "every": n[, "lo": l][, "hi": h]}``."""
+    ``{"kind": "geometric", "start": a, "factor": f, "every": n[, "lo": l][, "hi": h]}`` with
+    f > 0 (both kinds are monotone in k). Whether the values stay in the objective's range over a
+    run is checked by ``TrainConfig`` (it knows the run's length)."""
     kinds = " or ".join(f"{{'kind': {k!r}, " + ", ".join(f"{f!r}: ..." for f in sorted(v)) + "}" for k, v in _SCHEDULE_KEYS.items())
     ok = isinstance(spec, dict) and spec.get("kind") in _SCHEDULE_KEYS
     if ok:
@@ -92,7 +129,9 @@ def check_schedule(name: str, spec: object) -> None:
         ok = need <= set(spec) <= allowed and all(_is_num(spec[k]) for k in set(spec) - {"kind"})
         count = spec.get("steps", spec.get("every"))
         ok = ok and _is_int(count) and count > 0
-    _require(ok, name, kinds, spec)
+        if ok and spec["kind"] == "geometric":  # a positive factor keeps the schedule monotone in k
+            ok = spec["factor"] > 0 and spec.get("lo", -math.inf) <= spec.get("hi", math.inf)
+    _require(ok, name, kinds + " (counts positive ints, factor > 0, lo <= hi)", spec)
 
 
 @dataclass(frozen=True)
@@ -105,11 +144,23 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "data.name", "a non-empty str", self.name)
         _require(isinstance(self.kwargs, dict), "data.kwargs", "a dict", self.kwargs)
+        self.build()
+
+    def build(self) -> Any:
+        """The data source ``workbench.data.get_data(name, **kwargs)``; ValueError naming the section
+        for an unknown name or bad keywords."""
+        from ..data import get_data
+
+        try:
+            return get_data(self.name, **self.kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"data {self.name!r} with kwargs {self.kwargs}: {err}") from None
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser, learning-rate schedule and gradient clipping (B25 digest 5.3).
+    """Optimiser, learning-rate schedule and gradient clipping (as in B25's released training code:
+    RAdam with betas (0.9, 0.999), eps 1e-8, after clipping the global gradient norm).
 
     schedule "sqrt": lr(k) = lr / sqrt(max(k / decay_start, 1)) after k completed updates
     (constant for ``decay_start`` updates, then inverse square root); "constant": lr(k) = lr.
@@ -141,11 +192,13 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a run. ``device`` "auto" means cuda when available, else cpu;
-    ``bf16`` enables bfloat16 autocast on CUDA only; cadences are in optimiser steps (0 = never);
-    ``eval_every`` is the cadence of the oracle-error callback the command line attaches when the
-    data source has an analytic flow; a run stops after ``max_consecutive_skips`` consecutive
-    non-finite steps."""
+    """Everything that defines a run. ``device`` "auto" means cuda when available, else cpu, or
+    "cpu", "cuda", "cuda:N"; ``dtype`` "float32" or "float64"; ``bf16`` enables bfloat16 autocast on
+    CUDA only; ``batch_size`` is 1..:data:`MAX_BATCH_SIZE`; cadences are in optimiser steps (0 =
+    never); ``eval_every`` is the cadence of the oracle-error callback the command line attaches
+    when the data source has an analytic flow; a run stops after ``max_consecutive_skips``
+    consecutive skipped steps (non-finite data, loss or gradient). See the module docstring for the
+    checks that tie sections together."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -172,12 +225,14 @@ class TrainConfig:
         for name in ("batch_size", "steps", "log_every", "keep_checkpoints", "max_consecutive_skips"):
             v = getattr(self, name)
             _require(_is_int(v) and v > 0, name, "a positive int", v)
+        _require(self.batch_size <= MAX_BATCH_SIZE, "batch_size",
+                 f"at most {MAX_BATCH_SIZE} (2**24) samples per step (use a smaller batch)", self.batch_size)
         for name in ("checkpoint_every", "eval_every", "seed"):
             v = getattr(self, name)
             _require(_is_int(v) and v >= 0, name, "an int >= 0", v)
-        _require(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda"),
-                 "device", "'auto', 'cpu' or 'cuda[:k]'", self.device)
-        _require(self.dtype in ("float32", "float64"), "dtype", "'float32' or 'float64'", self.dtype)
+        _require(self.seed <= MAX_SEED, "seed", f"an int in [0, {MAX_SEED}] (torch seeds are 64-bit)", self.seed)
+        _check_device_form(self.device)
+        _require(self.dtype in _DTYPE_NAMES, "dtype", " or ".join(map(repr, _DTYPE_NAMES)), self.dtype)
         _require(
             isinstance(self.ema_rates, tuple) and all(_is_num(r) and 0 < r < 1 for r in self.ema_rates)
             and len(set(self.ema_rates)) == len(self.ema_rates),
@@ -185,6 +240,8 @@ class TrainConfig:
         )
         for name in ("bf16", "progress", "tensorboard"):
             _require(isinstance(getattr(self, name), bool), name, "a bool", getattr(self, name))
+        _check_in_dtype(self)
+        _check_objective(self)
 
     # -- JSON round trip ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -195,17 +252,95 @@ class TrainConfig:
         return _from_dict(cls, d, "")
 
     def save(self, run_dir: str | Path) -> Path:
-        path = Path(run_dir) / CONFIG_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
+        """Write config.json into ``run_dir`` atomically; return its path."""
+        return atomic_write_text(RunDir(run_dir).config, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TrainConfig:
-        path = Path(run_dir)
-        path = path / CONFIG_FILE if path.is_dir() else path
-        if not path.is_file():
-            raise ValueError(f"no {CONFIG_FILE} in {run_dir}; is it a run directory?")
-        return cls.from_dict(json.loads(path.read_text()))
+        """The config of a run directory (or of a config.json file given directly).
+
+        ValueError naming the file when it is missing, binary, truncated, not a JSON object or
+        holds an invalid config."""
+        path = Path(RunDir(run_dir))
+        if path.is_dir() or not path.exists():
+            path = RunDir(path).config
+            if not path.is_file():
+                raise ValueError(f"no {CONFIG_FILE} in {run_dir}; is it a run directory?")
+        doc = read_json(path, expect=dict, what="config")
+        try:
+            return cls.from_dict(doc)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config {path} holds an invalid config: {err}") from None
+
+
+_DTYPE_NAMES = ("float32", "float64")
+
+
+def _check_model_builds(cfg: ModelConfig) -> None:
+    """Build a miniature of the model (width and depth 1, its other fields as configured) so that
+    the model's own checks (activation, time embedding, ...) run now. Torch's global random state is
+    restored afterwards, so constructing a config draws nothing. (Building on torch's meta device
+    instead would import torch's compiler stack, about a second per process.)"""
+    import torch
+
+    from ..models import make_mlp_flow_map
+
+    kw = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "kind"}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            make_mlp_flow_map(1, **{**kw, "hidden": 1, "depth": 1})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model: {err}") from None
+
+
+def _check_device_form(device: object) -> None:
+    """'auto', or a string torch parses as a cpu or cuda device; availability is checked at start."""
+    import torch
+
+    ok = isinstance(device, str)
+    if ok and device != "auto":
+        try:
+            ok = torch.device(device).type in ("cpu", "cuda")
+        except RuntimeError:
+            ok = False
+    _require(ok, "device", "'auto', 'cpu', 'cuda' or 'cuda:N'", device)
+
+
+def _check_in_dtype(cfg: TrainConfig) -> None:
+    """Values that enter arithmetic in the model's dtype must survive rounding to it."""
+    import torch
+
+    dtype = getattr(torch, cfg.dtype)
+    finfo = torch.finfo(dtype)
+
+    def rounded(v: float) -> float:
+        return float(torch.tensor(v, dtype=torch.float64).to(dtype))
+
+    o = cfg.optim
+    first_step = o.lr / (1.0 - o.betas[0])  # Adam's and RAdam's first step size, lr / (1 - beta1^1)
+    _require(rounded(o.lr) > 0 and first_step <= finfo.max, "optim.lr",
+             f"a number > 0 that does not round to 0 in {cfg.dtype} and whose first Adam step lr / (1 - beta1) = "
+             f"{first_step:.3g} stays below the largest {cfg.dtype}, {finfo.max:.3g} (so lr <= "
+             f"{finfo.max * (1.0 - o.betas[0]):.3g} for beta1 = {o.betas[0]})", o.lr)
+    _require(rounded(o.eps) > 0, "optim.eps", f"a number > 0 that does not round to 0 in {cfg.dtype}", o.eps)
+    for r in cfg.ema_rates:
+        _require(rounded(r) < 1.0, "ema_rates",
+                 f"rates that stay below 1 in {cfg.dtype} (rounded to {cfg.dtype}, {r!r} is 1.0: the average would "
+                 "never move); use a smaller rate or dtype float64", cfg.ema_rates)
+
+
+def _check_objective(cfg: TrainConfig) -> None:
+    """Build the objective with its overrides against the data source, and check every schedule
+    over the whole run (the objective rebuilt at the scheduled values). A name outside
+    ``workbench.losses.OBJECTIVES`` labels a custom objective given to the trainer, which runs
+    the same checks on it when it starts."""
+    from ..losses import OBJECTIVES
+    from .build import build_objective, check_schedules
+
+    if cfg.objective.name not in OBJECTIVES:
+        return
+    objective = build_objective(cfg.objective, cfg.data.build())
+    check_schedules(objective, cfg.objective.schedules, steps=cfg.steps)
 
 
 def _hints(cls) -> dict[str, Any]:

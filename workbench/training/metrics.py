@@ -1,78 +1,85 @@
 """The run's metric log: append-only ``metrics.jsonl`` (one JSON object per logged step) and
 TensorBoard events under ``tb/`` (optional: a missing tensorboard package only disables them).
 
-Non-finite numbers are written as JSON ``null`` (metrics.jsonl stays strict JSON); on resume
-``truncate_metrics`` drops every line past the checkpoint's step, and a torn last line.
+Non-finite numbers are written as JSON ``null`` (metrics.jsonl stays strict JSON). Reading goes
+through :func:`workbench.rundir.read_jsonl`: a torn last line (a crash mid-write) is dropped, a
+damaged line elsewhere is skipped with a warning. On resume ``truncate_metrics`` drops every line
+past the checkpoint's step.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-METRICS_FILE = "metrics.jsonl"
-TB_DIR = "tb"
+from ..rundir import METRICS, TB_DIR, RunDir, atomic_write_text, read_jsonl
+
+METRICS_FILE = METRICS  # the file name, kept for importers; paths come from RunDir(run_dir).metrics
+
+__all__ = ["METRICS_FILE", "TB_DIR", "MetricsLog", "read_metrics", "truncate_metrics"]
 
 
 def _clean(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
+    """Tensors and numpy scalars as Python numbers, non-finite floats as None, recursively."""
+    if isinstance(v, (torch.Tensor, np.generic)):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
+    if isinstance(v, Mapping):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
     return v
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Every complete line of the run's metrics.jsonl, in order."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a crash
-    return out
+    """The JSON-object lines of the run's metrics.jsonl, in order ([] when there is none)."""
+    return read_jsonl(RunDir(run_dir).metrics)
+
+
+def _step_of(row: dict) -> int | None:
+    step = row.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def truncate_metrics(run_dir: str | Path, last_step: int) -> int:
-    """Keep the lines with ``step <= last_step`` (stopping at a torn line); return how many remain."""
-    path = Path(run_dir) / METRICS_FILE
+    """Atomically keep the lines with an integer ``step <= last_step`` (dropping a torn last line,
+    damaged lines and lines without a step); return how many remain."""
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return 0
-    kept = [row for row in read_metrics(run_dir) if row.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-    os.replace(tmp, path)
+    kept = [row for row in read_metrics(run_dir) if (s := _step_of(row)) is not None and s <= last_step]
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
     return len(kept)
 
 
 class MetricsLog:
-    """Writes ``{"step": step, **metrics}`` lines (flushed at once) and TensorBoard scalars."""
+    """Appends ``{"step": step, **metrics}`` lines to metrics.jsonl (flushed at once) and writes
+    TensorBoard scalars."""
 
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, purge_step: int | None = None) -> None:
-        self.path = Path(run_dir) / METRICS_FILE
+        rd = RunDir(run_dir)
+        self.path = rd.metrics
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
+            except ImportError as err:  # an optional third-party package, not a module of this project
                 warnings.warn(f"TensorBoard logging disabled ({err}); metrics.jsonl is still written", stacklevel=2)
             else:
-                self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR), purge_step=purge_step)
+                self._tb = SummaryWriter(str(rd.tensorboard), purge_step=purge_step)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
         self._file.flush()
         if self._tb is not None:
             for k, v in row.items():

@@ -1,7 +1,8 @@
-"""Optimiser, learning-rate schedule and gradient statistics/clipping (B25 digest 5.3).
+"""Optimiser, learning-rate schedule and gradient statistics/clipping.
 
-B25 trains with optax.radam (b1 0.9, b2 0.999, eps 1e-8) after clip_by_global_norm, and the
-schedule lr(k) = lr0 / sqrt(max(k / T, 1)) with T = 35,000 (constant, then inverse square root).
+B25's released training code uses optax.radam (b1 0.9, b2 0.999, eps 1e-8) after
+clip_by_global_norm, and the schedule lr(k) = lr0 / sqrt(max(k / T, 1)) with T = 35,000 (constant,
+then inverse square root).
 """
 
 from __future__ import annotations
