@@ -58,8 +58,10 @@ def t_max(flow, delta=1e-6):
 def points(flow, s, seed, on_dist, dtype=F64, n=8):
     g = torch.Generator().manual_seed(seed)
     if flow.singular_at_data and s > 0.9:
-        # near the data end of atoms / circles, p_s vanishes off the data (exp(-1e11) between the
-        # rings at s = 1 - 1e-6) and the map is undefined in float64 there: stay on the distribution
+        # near the data end of atoms / circles a point off the data has a CDF level within exp(-1e11)
+        # (between the rings at s = 1 - 1e-6) of a component boundary: the oracle transports it (checked
+        # against the ODE and mpmath in test_cdf_tails.py), but a backward map sends whole gaps to one
+        # float64 point, so identities that invert it cannot hold there: stay on the distribution
         on_dist = True
     if on_dist:
         return flow.sample_marginal(min(s, t_max(flow)), n, g).to(dtype)
