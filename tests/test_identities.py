@@ -99,8 +99,40 @@ def test_boundary_X_tt_is_identity(name, ip, t, seed, on):
     assert float(rel(idn.boundary_residual(flow, t, x), x.norm(dim=1)).max()) <= base_tol(name, F64, 1e3)
 
 
+def propagated_spread(flow, s, t, y, h):
+    """max_j |X_{s,t}(y + h e_j) - X_{s,t}(y - h e_j)| / 2 per point: how far X_{s,t} moves when its input
+    moves by h (batch,), i.e. what an input error of size h becomes, with X_{s,t}'s own error at y +- h e_j.
+
+    A composition of two oracle maps carries the first map's error through the second: where the second
+    map is ill-conditioned the residual is that error times its stretch, not round-off. Example: a point
+    of gmm_8's gap at t = 1 (log p_1 = -69) pulled back to t = 0 lies within ~1e-8 of the separatrix
+    between two modes, where X_{0,1} stretches by >= 8e7 (finite differences at step 1e-8; its variational equation
+    exhausts the ODE oracle's step budget); X_{1,0} itself agrees with scipy's DOP853 to 1e-16 there."""
+    out = torch.zeros(y.shape[0], dtype=y.dtype)
+    for j in range(y.shape[1]):
+        e = torch.zeros_like(y)
+        e[:, j] = h
+        out = torch.maximum(out, 0.5 * (flow.flow_map(s, t, y + e) - flow.flow_map(s, t, y - e)).norm(dim=1))
+    return out
+
+
+def assert_composition(res, scale, tol, flow, s, t, first_leg):
+    """res <= tol (1 + scale) per point, or, where not, within the spread of the second map X_{s,t} over the
+    first map's error ball at y = first_leg() (``propagated_spread`` with h = tol (1 + |y|), evaluated
+    only then)."""
+    bound = tol * (1 + scale)
+    if bool((res <= bound).all()):
+        return
+    y = first_leg()
+    spread = propagated_spread(flow, s, t, y, tol * (1 + y.norm(dim=1)))
+    assert bool((res <= bound + spread).all()), (res / (bound + spread)).max()
+
+
 @given(name=flows, ip=ips, s=unit, u=unit, t=unit, seed=seeds, on=st.booleans())
 @example(name="point_mass_2d", ip="linear", s=0.0, u=0.99, t=0.0, seed=0, on=False)
+# the round trip 1 -> 0 -> 1 of a point between gmm_8's modes: X_{0,1} stretches the pulled-back point's
+# error by >= 8e7 (relative residual 2.6e-3 against the strict 1e-9; scipy DOP853 at 1e-13 misses by 3.5e-2)
+@example(name="gmm_8", ip="linear", s=1.0, u=0.0, t=1.0, seed=0, on=False)
 def test_semigroup(name, ip, s, u, t, seed, on):
     flow = get_flow(name, ip)
     hi = 0.99 if flow.singular_at_data else 1.0
@@ -109,7 +141,7 @@ def test_semigroup(name, ip, s, u, t, seed, on):
     amp = amplification(flow, s, u) * amplification(flow, u, t)
     res = idn.semigroup_residual(flow, s, u, t, x)
     X = flow.flow_map(s, t, x)
-    assert float(rel(res, X.norm(dim=1)).max()) <= base_tol(name, F64, 1e3) * amp
+    assert_composition(res, X.norm(dim=1), base_tol(name, F64, 1e3) * amp, flow, u, t, lambda: flow.flow_map(s, u, x))
 
 
 @given(name=flows, ip=ips, s=unit, t=unit, seed=seeds, on=st.booleans())
@@ -119,7 +151,8 @@ def test_inverse(name, ip, s, t, seed, on):
     s, t = s * hi, t * hi
     x = points(flow, s, seed, on)
     res = idn.inverse_residual(flow, s, t, x)
-    assert float(rel(res, x.norm(dim=1)).max()) <= base_tol(name, F64, 1e3) * amplification(flow, s, t)
+    tol = base_tol(name, F64, 1e3) * amplification(flow, s, t)
+    assert_composition(res, x.norm(dim=1), tol, flow, t, s, lambda: flow.flow_map(s, t, x))
 
 
 @given(name=closed_flows, ip=ips, s=unit, seed=seeds, on=st.booleans())
