@@ -46,16 +46,18 @@ def mixture_offset(p: dict, ip: str, t, y, inner: list[bool]):
     return out
 
 
-def mixture_map(p: dict, ip: str, s: float, t: float, x: float, *, dps: int = 60, lo: float = -50.0,
-                hi: float = 50.0) -> float:
+def mixture_map(p: dict, ip: str, s: float, t: float, x: float, *, dps: int = 60, lo: float | None = None,
+                hi: float | None = None) -> float:
     """X_{s,t}(x) = G_t^{-1}(G_s(x)) by bisection at ``dps`` digits (the level split at the components
-    whose mean lies below x at time s)."""
+    whose mean lies below x at time s), on [lo, hi] (default +-100 (|x| + 50)) until the bracket is
+    below 1e-40 of its size."""
     with mp.workdps(dps):
         x = mp.mpf(x)
+        reach = 100 * (abs(x) + 50)
         inner = [m < x for _, m, _ in _mixture_components(p, ip, s)]
         target = mixture_offset(p, ip, s, x, inner)
-        a, b = mp.mpf(lo), mp.mpf(hi)
-        for _ in range(200):  # 100 / 2^200: far below float64 resolution
+        a, b = mp.mpf(-reach if lo is None else lo), mp.mpf(reach if hi is None else hi)
+        while b - a > mp.mpf(10) ** -40 * (abs(a) + abs(b) + 1):
             mid = (a + b) / 2
             if mixture_offset(p, ip, t, mid, inner) < target:
                 a = mid

@@ -224,10 +224,35 @@ def test_mixture_with_atoms_to_data_end_matches_mpmath(s, x, ip):
     assert abs(y - y_ref) <= MIX_TOL * (1 + abs(y_ref)), (y, y_ref)
 
 
-def test_mixture_refuses_levels_beyond_float64():
+@settings(max_examples=10, deadline=None)
+@given(log10_x=st.floats(2.0, 152.0), sign=st.sampled_from([-1.0, 1.0]), s=st.floats(0.0, 0.999),
+       t=st.floats(0.0, 1.0), ip=st.sampled_from(["linear", "trig"]))
+@example(log10_x=18.0, sign=1.0, s=0.2, t=0.7, ip="linear")  # the root search stalled on a NaN bracket
+@example(log10_x=100.0, sign=1.0, s=0.0, t=0.5, ip="linear")
+def test_mixture_far_tails_match_mpmath(log10_x, sign, s, t, ip):
+    """|x| from 1e2 to 1e152: the level is a tail of log-size up to 1e304, still transported (Phi^-1 of such
+    levels used a Mills ratio exp(-q^2 / 2 - log Phi(q)) that is NaN beyond |q| ~ 1e17)."""
+    p = dict(weights=[0.3, 0.7], means=[-1.5, 1.0], stds=[0.3, 0.5])  # the registry's "mixture1d"
+    x = sign * 10.0**log10_x
+    y = float(Mixture1DFlow(**p, interpolant=ip).flow_map(s, t, torch.tensor([[x]], dtype=F64)))
+    y_ref = mixture_map(p, ip, s, t, x)
+    assert abs(y - y_ref) <= MIX_TOL * (1 + abs(y_ref)), (y, y_ref)
+
+
+def test_rings_far_out_match_the_ode():
+    """|x| = 1e18 (the quadrature's Mills ratio had the same NaN)."""
+    flow = rings("linear")
+    x = torch.tensor([[6e17, -8e17]], dtype=F64)
+    for s, t in [(0.2, 0.7), (0.0, 0.5)]:
+        assert ode_error(flow, s, t, x) <= ORACLE_TOL
+
+
+@pytest.mark.parametrize("x", [1e154, -1e200])
+def test_mixture_refuses_levels_beyond_float64(x):
+    """Beyond ~1e153 component widths the level is below exp(-1e306): refused, not guessed."""
     flow = Mixture1DFlow(**NARROW)
     with pytest.raises(ValueError, match="cannot resolve 1 point"):
-        flow.flow_map(0.5, 0.7, torch.tensor([[1e200]], dtype=F64))
+        flow.flow_map(0.5, 0.7, torch.tensor([[x]], dtype=F64))
 
 
 def test_level_offsets_keep_full_relative_accuracy():

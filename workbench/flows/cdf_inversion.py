@@ -49,6 +49,17 @@ def log1mexp(a: torch.Tensor) -> torch.Tensor:
     return torch.where(a > LOG_HALF, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
 
 
+def mills_ratio(z: torch.Tensor) -> torch.Tensor:
+    """phi(z) / Phi(z) for any z: sqrt(2 / pi) / erfcx(-z / sqrt 2) for z < 0 (Phi(z) = erfc(-z / sqrt 2) / 2
+    with its Gaussian factor cancelled exactly), phi(z) / Phi(z) directly for z >= 0 (Phi >= 1/2). The
+    naive exp(-z^2 / 2 - log Phi(z)) subtracts two numbers of size z^2 / 2 and is NaN beyond |z| ~ 1e17."""
+    neg = torch.clamp(z, max=0.0)
+    pos = torch.clamp(z, min=0.0)
+    left = math.sqrt(2.0 / math.pi) / torch.special.erfcx(-neg / math.sqrt(2.0))
+    right = torch.exp(-0.5 * pos * pos - _LOG_SQRT_2PI) / torch.special.ndtr(pos)
+    return torch.where(z < 0, left, right)
+
+
 def ndtri_exp(log_u: torch.Tensor) -> torch.Tensor:
     """q = Phi^{-1}(exp(log_u)) for log_u <= log(1/2), also where exp(log_u) underflows.
 
@@ -60,8 +71,7 @@ def ndtri_exp(log_u: torch.Tensor) -> torch.Tensor:
     q = -torch.sqrt(-2.0 * log_u.clamp_max(tiny))
     for _ in range(8):
         lphi = torch.special.log_ndtr(q)
-        mills = torch.exp(-0.5 * q * q - _LOG_SQRT_2PI - lphi)  # phi(q) / Phi(q)
-        q = q - (lphi - log_u.clamp_max(tiny)) / mills
+        q = q - (lphi - log_u.clamp_max(tiny)) / mills_ratio(q)
     return torch.where(log_u > tiny, direct, q)
 
 
@@ -171,15 +181,21 @@ def cdf_level(log_F_k: torch.Tensor, log_S_k: torch.Tensor, log_pi: torch.Tensor
     return CdfLevel(inner, log_P, log_N, log_D, positive, log_F, log_S)
 
 
+#: levels whose log lies below this are refused: inverting them squares standardised distances |z| ~ 1e153
+#: near the top of float64's range (z^2 / 2 = -log level), which the root search would overflow
+LOG_LEVEL_FLOOR = -1e306
+
+
 def check_level_resolved(level: CdfLevel, owner: str, region: str) -> None:
-    """Refuse (ValueError) points whose level underflows even in log space (P = N = 0): the map is undefined."""
+    """Refuse (ValueError) points whose level is beyond float64 even in log space (log of the larger of P
+    and N below ``LOG_LEVEL_FLOOR``, or -inf): their image cannot be computed, only guessed."""
     if not value_checks_enabled():
         return
-    bad = ~torch.isfinite(torch.maximum(level.log_P, level.log_N))
+    bad = ~(torch.maximum(level.log_P, level.log_N) >= LOG_LEVEL_FLOOR)
     if bool(bad.any()):
         raise ValueError(
-            f"{owner}.flow_map cannot resolve {int(bad.sum())} point(s): their CDF level at time s underflows "
-            f"float64 even in log space ({region})"
+            f"{owner}.flow_map cannot resolve {int(bad.sum())} point(s): their CDF level at time s is below "
+            f"exp({LOG_LEVEL_FLOOR:.0e}), beyond float64 even in log space ({region})"
         )
 
 
@@ -196,11 +212,13 @@ def level_residual(
 
 __all__ = [
     "LOG_HALF",
+    "LOG_LEVEL_FLOOR",
     "CdfLevel",
     "cdf_level",
     "check_level_resolved",
     "level_residual",
     "log1mexp",
+    "mills_ratio",
     "ndtri_exp",
     "safeguarded_newton",
 ]

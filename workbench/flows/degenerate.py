@@ -41,6 +41,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..core.contract import Flow, InterpolantFlow, check_implements
 from ..core.times import broadcast_time, expand_as_state
 from ..core.validation import check_state
 from .gaussian import GaussianFlow
@@ -110,14 +111,11 @@ class DegenerateMap(nn.Module):
 
 # -- helpers ----------------------------------------------------------------------------------------
 def _require_flow(flow: object) -> None:
-    if not (hasattr(flow, "flow_map") and hasattr(flow, "velocity") and hasattr(flow, "dim")):
-        raise TypeError(f"flow must implement velocity(t, x), flow_map(s, t, x) and dim, got {type(flow).__name__}")
+    check_implements(flow, Flow, "flow")
 
 
 def _require_interpolant(flow: object) -> None:
-    _require_flow(flow)
-    if not hasattr(flow, "interpolant"):
-        raise TypeError(f"flow must carry an interpolant (alpha_t, beta_t), got {type(flow).__name__}")
+    check_implements(flow, InterpolantFlow, "flow")
 
 
 def _require_gaussian(flow: object, what: str) -> None:
@@ -149,8 +147,9 @@ def _posterior_mean(flow, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """D_t(x) = E[x1 | I_t = x]: the flow's ``denoiser`` if it has one, else the inversion of
     b_t = (alpha'/alpha) x + (beta' - alpha' beta / alpha) D_t (digest G1), i.e.
     D_t = (alpha_t b_t(x) - alpha'_t x) / (alpha_t beta'_t - alpha'_t beta_t)."""
-    if hasattr(flow, "denoiser"):
-        return flow.denoiser(t, x)
+    denoiser = getattr(flow, "denoiser", None)  # optional: Gaussian mixtures have it in closed form
+    if denoiser is not None:
+        return denoiser(t, x)
     a, b, da, db = _coef(flow, t, x)
     return (a * flow.velocity(t, x) - da * x) / (a * db - da * b)
 

@@ -26,7 +26,7 @@ import math
 import torch
 
 from ..core.times import broadcast_time, expand_as_state
-from ..core.validation import check_positive_int, check_probability_vector, check_state
+from ..core.validation import check_probability_vector, check_state
 from .base import AnalyticFlow, as_param
 from .ode import ODESolution, check_tolerances, default_tolerances, solve_flow
 
@@ -207,10 +207,8 @@ class GaussianMixtureFlow(AnalyticFlow):
         return self.flow_solution(s, t, x, jacobian=True).jacobian
 
     # -- sampling ---------------------------------------------------------------------------------
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
+    def _sample_data(self, n, generator, dtype, device):
         """n samples of the mixture, shape (n, dim): k ~ Categorical(weights), x1 = mu_k + U_k sqrt(lam_k) z."""
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
-        check_positive_int(n, "n")
         w = torch.exp(self._logw).to(device=device)
         k = torch.multinomial(w, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=dtype, device=device, generator=generator)

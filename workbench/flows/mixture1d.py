@@ -49,6 +49,11 @@ from .cdf_inversion import (
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for half precision (torch has no log_ndtr below float32; the result is cast back)."""
+    return torch.float64 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class Mixture1DFlow(AnalyticFlow):
     """Probability flow from N(0, 1) to sum_k weights[k] N(means[k], stds[k]^2) in one dimension.
 
@@ -100,8 +105,9 @@ class Mixture1DFlow(AnalyticFlow):
         """(log F_t(x), log S_t(x)) with S = 1 - F, each of shape (batch,); x (batch, 1)."""
         x = check_state(x, 1)
         tb = broadcast_time(t, x, "t")
-        log_F, log_S, _ = self._log_cdf_sf_pdf(tb, x[:, 0])
-        return log_F, log_S
+        wide = _working_dtype(x.dtype)
+        log_F, log_S, _ = self._log_cdf_sf_pdf(tb.to(wide), x[:, 0].to(wide))
+        return log_F.to(x.dtype), log_S.to(x.dtype)
 
     # -- contract -------------------------------------------------------------------------------
     def _velocity(self, t, x):
@@ -115,7 +121,8 @@ class Mixture1DFlow(AnalyticFlow):
         return (r * b_k).sum(-1, keepdim=True)
 
     def _log_prob(self, t, x):
-        return self._log_cdf_sf_pdf(t, x[:, 0])[2]
+        wide = _working_dtype(x.dtype)
+        return self._log_cdf_sf_pdf(t.to(wide), x[:, 0].to(wide))[2].to(x.dtype)
 
     def _flow_map(self, s, t, x):
         if self.singular_at_data and value_checks_enabled():
@@ -148,7 +155,7 @@ class Mixture1DFlow(AnalyticFlow):
         log_F_k, log_S_k, _, z = self._component_terms(s, x)
         log_pi = self._params(x)[0]
         level = cdf_level(log_F_k, log_S_k, log_pi, z > 0)
-        check_level_resolved(level, "Mixture1DFlow", "|x| beyond ~1e150 component widths from every component")
+        check_level_resolved(level, "Mixture1DFlow", "|x| more than ~1e153 component widths from every component")
         upper = level.log_F > LOG_HALF
         target = torch.where(upper, level.log_S, level.log_F)
         sign = torch.where(upper, -1.0, 1.0).to(x.dtype)
@@ -165,7 +172,8 @@ class Mixture1DFlow(AnalyticFlow):
             f, log_df = level_residual(level, F_k, S_k, p_k)
             return f, torch.exp(log_df)
 
-        ftol = 4 * eps(x.dtype) * (1 + level.scale)
+        # f is a difference of logs, each good to a few eps of its magnitude: noise below 16 eps (1 + |log D|)
+        ftol = 16 * eps(x.dtype) * (1 + level.scale)
         y, done = safeguarded_newton(fun, lo, hi, atol=eps(x.dtype) * scale, ftol=ftol)
         if value_checks_enabled() and not bool(done.all()):
             raise RuntimeError(
@@ -174,8 +182,7 @@ class Mixture1DFlow(AnalyticFlow):
             )
         return y
 
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
+    def _sample_data(self, n, generator, dtype, device):
         k = torch.multinomial(self._w.to(device=device), n, replacement=True, generator=generator)
         z = torch.randn(n, dtype=dtype, device=device, generator=generator)
         mu, sd = self._mu.to(dtype=dtype, device=device), self._sd.to(dtype=dtype, device=device)

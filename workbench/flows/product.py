@@ -126,8 +126,8 @@ class ProductFlow(AnalyticFlow):
         xi = self._frame(t, x)
         return sum(f._log_prob(t, xi[:, i : i + 1]) for i, f in enumerate(self.factors))
 
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
-        y = torch.cat([f.sample_data(n, generator, dtype=dtype, device=device) for f in self.factors], -1)
+    def _sample_data(self, n, generator, dtype, device):
+        y = torch.cat([f._sample_data(n, generator, dtype, device) for f in self.factors], -1)
         Q, c = self.rotation.to(dtype=dtype, device=y.device), self.shift.to(dtype=dtype, device=y.device)
         return c + y @ Q.T
 

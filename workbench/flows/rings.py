@@ -48,6 +48,7 @@ from .cdf_inversion import (
     check_level_resolved,
     level_residual,
     log1mexp,
+    mills_ratio,
     ndtri_exp,
     safeguarded_newton,
 )
@@ -122,11 +123,6 @@ def _gauss_hermite(dtype, device):
     return _GH_CACHE[key]
 
 
-def _mills(z):
-    """phi(z) / Phi(z)."""
-    return torch.exp(-0.5 * z * z - 0.5 * _LOG_2PI - torch.special.log_ndtr(z))
-
-
 def _rice_quadrature(a, b, d):
     x, log_w = _gauss_hermite(a.dtype, a.device)
     a_, b_, d_ = a[:, None], b[:, None], d[:, None]
@@ -146,9 +142,9 @@ def _rice_quadrature(a, b, d):
         terms = log_w + torch.log(sig) - 0.5 * math.log(math.pi) + (1.0 - sig * sig) * x * x + lh
         return torch.logsumexp(terms, -1)
 
-    log_G = integral(1.0 + _mills(d) / b, True)
+    log_G = integral(1.0 + mills_ratio(d) / b, True)
     log_S = torch.logaddexp(
-        integral(torch.maximum(1.0 - _mills(-d) / b, 0.25 * a / b), False),
+        integral(torch.maximum(1.0 - mills_ratio(-d) / b, 0.25 * a / b), False),
         math.log(2.0) + torch.special.log_ndtr(-b),  # |y| > b lies outside the disc
     )
     small = log_G < LOG_HALF
@@ -270,7 +266,7 @@ class RingsFlow(AnalyticFlow):
         log_G, log_S = self._ring_log_cdf(s, r)
         log_pi = self._params(r)[1]
         level = cdf_level(log_G, log_S, log_pi, log_G - log_pi > LOG_HALF)
-        check_level_resolved(level, "RingsFlow", "|x| beyond ~1e150 alpha_s from every ring")
+        check_level_resolved(level, "RingsFlow", "|x| more than ~1e153 alpha_s from every ring")
         return level
 
     def radial_log_cdf(self, t: object, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,8 +407,7 @@ class RingsFlow(AnalyticFlow):
                         -ndtri_exp(lf_above.clamp_max(LOG_HALF)))
         return j, q
 
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
+    def _sample_data(self, n, generator, dtype, device):
         j = torch.multinomial(self._w.to(device=device), n, replacement=True, generator=generator)
         theta = 2 * math.pi * torch.rand(n, dtype=dtype, device=device, generator=generator)
         R = self._R.to(dtype=dtype, device=device)[j]
