@@ -12,7 +12,7 @@ Each closed form is checked against something it does not share code with:
 
 Tolerances come from torch.finfo (workbench.core.tolerances) except the ODE comparison, which is
 bounded by the solver: ODE_TOL = 1e4 x the solver's rtol (DOP853's global error over these spans is
-1e2-1e3 x rtol; digest R1 measured <= 2.2e-9 at rtol 1e-10).
+1e2-1e3 x rtol).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def mix_pdf(p, ip, t, x):
 
 
 def mix_velocity_continuity(p, ip, t, x):
-    """b = -d_t F_t / p_t with d_t F = -sum pi phi(z) (m' + z s') / s (digest section d)."""
+    """b = -d_t F_t / p_t with d_t F = -sum pi phi(z) (m' + z s') / s (docs/flows_analytic.md 2.4)."""
     w, m, s, dm, ds = mix_parts(p, ip, t)
     z = (np.asarray(x)[:, None] - m) / s
     dF = -(w * stats.norm.pdf(z) * (dm + z * ds) / s).sum(-1)
@@ -163,7 +163,7 @@ def gmm_of_product():
 
 
 def gmm_velocity_logp(ip, t, x):
-    """b_t = sum_k r_k [beta' mu_k + (a a' I + b b' S_k) C_k^{-1} (x - beta mu_k)] (digest section c), log p_t."""
+    """b_t = sum_k r_k [beta' mu_k + (a a' I + b b' S_k) C_k^{-1} (x - beta mu_k)] (docs/flows_analytic.md 2.3), log p_t."""
     a, b, da, db = ab(ip, t)
     W, M, S = gmm_of_product()
     C = a * a * np.eye(2) + b * b * S
@@ -427,7 +427,7 @@ def test_rings_map_matches_ode_near_origin_and_near_one(ip):
     for s, t in PAIRS_RINGS:
         # from s near 1 a point between or inside the rings has p_s ~ exp(-1e11): its image under the
         # expanding backward map underflows (or sits on a flat basin boundary), so use on-distribution
-        # points and points outside the rings there (digest section 4: avoid p below 1e-30 max)
+        # points and points outside the rings there (the gaps near the data end: test_cdf_tails.py)
         fixed = X_RINGS if s < 0.99 else X_RINGS[-2:]
         x = torch.cat([fixed, flow.sample_marginal(s, 6, g)])
         err = ode_error(flow, s, t, x)
@@ -452,7 +452,7 @@ def test_rings_radial_cdf_vs_scipy_ncx2_and_normalisation(ip):
         log_G, log_S = flow.radial_log_cdf(t, r)
         G_ref, S_ref = rings_cdf_scipy(ip, t, r.numpy())
         ok = (G_ref > 1e-290) & (S_ref > 1e-290)
-        # Boost's ncx2 is accurate to ~2e-15 relative (digest R2); 1e-12 leaves room for both
+        # Boost's ncx2 agrees with mpmath to ~1e-15 relative (test_cdf_tails.py); 1e-12 leaves room for both
         assert np.abs(np.expm1(log_G.numpy()[ok] - np.log(G_ref[ok]))).max() < 1e-12
         assert np.abs(np.expm1(log_S.numpy()[ok] - np.log(S_ref[ok]))).max() < 1e-12
         radial = lambda v: 2 * math.pi * v * float(flow.log_prob(t, torch.tensor([[v, 0.0]], dtype=F64)).exp())

@@ -1,12 +1,14 @@
 """Property tests (hypothesis) of the flow-map identities on every analytic flow, both interpolants.
 
-Time ranges and points are chosen by design, per flow (analytic_flows.md section 4, "ranges to avoid"):
+Time ranges and points are chosen by design, per flow (docs/flows_analytic.md section 3):
 flows whose data law has atoms or lives on circles (``singular_at_data``) are singular at t = 1,
 so their times stay in [0, 1 - 1e-6]; maps that run *backward* from near t = 1 amplify round-off
 by alpha_t / alpha_s, so semigroup / inverse checks of those flows keep times in [0, 0.99] and
 scale the tolerance by that amplification; near the data end those flows are probed on their
-distribution only (off it, p_s underflows and the map is undefined in float64). ODE-oracle flows (no closed form) are held to the
-oracle's documented accuracy instead of round-off.
+distribution only (off it, a backward map sends whole gaps between the components to one float64
+point; the oracles there are checked in test_cdf_tails.py). ODE-oracle flows (no closed form) are held
+to the oracle's documented accuracy instead of round-off, and a composition of two maps (semigroup,
+inverse) to the first map's error carried through the second (``assert_composition``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from workbench.flows.registry import FLOW_NAMES, make_flow
 
 F64, F32 = torch.float64, torch.float32
 ODE_FLOWS = {"gmm_3", "gmm_8"}
-ORACLE_TOL = 1e-9  # the ODE oracle's accuracy at its default tolerance (issue 2), relative
+ORACLE_TOL = 1e-9  # the ODE oracle's promised accuracy at its default tolerance, relative (workbench.flows.ode)
 
 
 @cache
@@ -84,7 +86,8 @@ def amplification(flow, s, t):
 
 
 def conditioning(flow, *times):
-    """Velocities of atoms / circles cancel x - beta D to O(alpha): relative error eps / alpha (R5)."""
+    """Velocities of atoms / circles cancel x - beta D to O(alpha): relative error eps / alpha
+    (docs/flows_analytic.md section 3, item 3)."""
     if not flow.singular_at_data:
         return 1.0
     return float(1.0 / flow.interpolant.alpha(torch.tensor(times, dtype=F64)).min())
@@ -229,7 +232,7 @@ def test_finite_difference_twin_agrees(name, method):
 def test_float32_identities(name, ip, s, t, seed):
     """float32 in, float32 out, identities to float32 round-off (looser, finfo-derived)."""
     flow = get_flow(name, ip)
-    s, t = s * 0.99, t * 0.99  # analytic_flows.md section 4: f32 keeps t <= 1 - 1e-2
+    s, t = s * 0.99, t * 0.99  # float32 keeps t <= 1 - 1e-2 (docs/flows_analytic.md section 3, item 3)
     x = points(flow, s, seed, True, dtype=F32)
     X = flow.flow_map(s, t, x)
     assert X.dtype == F32 and flow.velocity(t, x).dtype == F32

@@ -1,6 +1,6 @@
 """Samplers: N-step flow-map sampling and ODE sampling of a diagonal velocity.
 
-* Flow-map sampling on a time grid 0 = t_0 < t_1 < ... < t_N = 1 (B25 sec. 2.3):
+* Flow-map sampling on a time grid 0 = t_0 < t_1 < ... < t_N = 1 (B25's multi-step sampling):
   x_{k+1} = X_{t_k, t_{k+1}}(x_k), x_0 ~ N(0, I). For the exact flow map every grid gives the
   exact X_{0,1}(x_0) (semigroup X_{u,t} o X_{s,u} = X_{s,t}); a learned map drifts with N.
 * ODE sampling of dx/dt = b_t(x) with b_t = ``flow.velocity(t, x)`` (for a model, its diagonal

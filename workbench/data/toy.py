@@ -54,7 +54,7 @@ class Checkerboard:
 
     Cell (i, j) (column i along x_1, row j along x_2, 0-based from the lower-left corner) is
     [-h + i w, -h + (i + 1) w] x [-h + j w, -h + (j + 1) w] with w = 2 h / n; the support is the
-    cells with i + j even, each with equal mass. B25 (digest 5.1) ships two samplers:
+    cells with i + j even, each with equal mass. B25's released code (two copies of its checkerboard sampler) has two:
 
     * ``variant="unit"`` (h = 1, n = 4): "uniform on [-1, 1]^2 with a 4x4 grid, (i + j) even";
     * ``variant="realnvp"`` (h = 4, n = 4): x_1 ~ U[-2, 2], x_2 ~ U[0, 1] - 2 Bernoulli(1/2) +

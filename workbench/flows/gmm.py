@@ -1,6 +1,6 @@
 """Data = a Gaussian mixture sum_k pi_k N(mu_k, Sigma_k): closed-form velocity, ODE flow map.
 
-Digest ``analytic_flows.md`` section c. With C_k(t) = alpha_t^2 I + beta_t^2 Sigma_k:
+Derivation in docs/flows_analytic.md 2.3. With C_k(t) = alpha_t^2 I + beta_t^2 Sigma_k:
 
     p_t(x)   = sum_k pi_k N(x; beta_t mu_k, C_k(t))
     r_k(t,x) = pi_k N(x; beta_t mu_k, C_k) / p_t(x)                   (softmax of the log terms)

@@ -3,7 +3,9 @@
 Each function returns a (batch,) tensor of Euclidean residual norms (log-density residuals are
 scalars per point), so callers can map them over (s, t) grids. Derivatives use forward-mode AD
 (``torch.func.jvp``) by default, or central finite differences (``method="fd"``) as a twin.
-References: analytic_flows.md G2 and section 4 (P1-P8); B25 digest section 1.3-1.4.
+The identities are B25's characterisations of the flow map (the tangent condition, and the Lagrangian,
+Eulerian and semigroup properties), plus the inverse and the change of variables; the derivations and
+the regions where they are ill-conditioned are in docs/flows_analytic.md (sections 1.2 and 3).
 
 | identity          | residual                                                   |
 |-------------------|------------------------------------------------------------|

@@ -1,15 +1,19 @@
 """Data = a 1-D Gaussian mixture sum_k pi_k N(mu_k, sigma_k^2): closed-form flow map F_t^{-1}(F_s(x)).
 
-Digest ``analytic_flows.md`` section d. With m_k = beta_t mu_k, s_k(t) = sqrt(alpha_t^2 + beta_t^2 sigma_k^2)
+Derivation in docs/flows_analytic.md 2.4. With m_k = beta_t mu_k, s_k(t) = sqrt(alpha_t^2 + beta_t^2 sigma_k^2)
 and z_k = (x - m_k) / s_k:
 
     F_t(x) = sum_k pi_k Phi(z_k),        p_t(x) = sum_k pi_k phi(z_k) / s_k
     b_t(x) = sum_k r_k [beta'_t mu_k + gamma_k (x - beta_t mu_k)],   gamma_k = (alpha alpha' + beta beta' sigma_k^2) / s_k^2
     X_{s,t}(x) = F_t^{-1}(F_s(x))                                    (1-D trajectories cannot cross)
 
-with posterior weights r_k = pi_k phi(z_k) / (s_k p_t(x)) (digest section c, isotropic components).
-The inverse works in log space: log F when F_s(x) <= 1/2, else log S with S = 1 - F from
-``log_ndtr(-z)``, so the far tails keep full relative accuracy. The root is bracketed by
+with posterior weights r_k = pi_k phi(z_k) / (s_k p_t(x)) (the Gaussian-mixture velocity with isotropic
+components).
+The inverse transports the level F_s(x) as an offset from the component boundary next to it
+(``cdf_inversion.cdf_level``: the components whose median lies below x count as inner, and the
+offset is their mass above x against the others' mass below x, each a log-space tail), so neither
+the far tails nor the gaps between narrow components lose the level to rounding; levels below
+exp(-1e306) are refused (ValueError). The root is bracketed by
 [min_k (m_k + s_k q), max_k (m_k + s_k q)], q = Phi^{-1}(u) (F_t is a convex combination of the
 component CDFs), and found by a vectorised safeguarded Newton iteration (Newton with bisection
 fallback, ``safeguarded_newton``) in float64, to about one ulp.

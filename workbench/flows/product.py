@@ -1,6 +1,6 @@
 """Data = c + Q y with independent 1-D Gaussian-mixture coordinates y_i: closed-form rotated products.
 
-Digest ``analytic_flows.md`` section e1. With Q orthogonal, Q^T (I_t - beta_t c) = alpha_t (Q^T z) + beta_t y
+Derivation in docs/flows_analytic.md 2.5. With Q orthogonal, Q^T (I_t - beta_t c) = alpha_t (Q^T z) + beta_t y
 and Q^T z ~ N(0, I), so the coordinates are independent 1-D interpolants:
 
     b_t(x)     = beta'_t c + Q [b^i_t(xi_i)]_i,          xi = Q^T (x - beta_t c)

@@ -26,7 +26,7 @@ def _point_mass_2d(ip):
 def _gaussian_2d(ip):
     from .gaussian import GaussianFlow
 
-    # the correlated Gaussian of analytic_flows.md section 5 (table R3)
+    # the correlated Gaussian of the degenerate-map reference problem (docs/flows_degenerate_maps.md)
     return GaussianFlow([1.0, -1.0], [[1.0, 0.6], [0.6, 0.5]], interpolant=ip)
 
 

@@ -1,6 +1,6 @@
 """Data = uniform on concentric circles of radii R_j (weights pi_j) in 2-D: a closed-form radial map.
 
-Digest ``analytic_flows.md`` section e2. The base N(0, I_2) and the data are rotation invariant, so
+Derivation in docs/flows_analytic.md 2.6. The base N(0, I_2) and the data are rotation invariant, so
 p_t and b_t are radial and angles are preserved:
 
     X_{s,t}(x) = R_{s,t}(|x|) x / |x|,      R_{s,t} = G_t^{-1} o G_s,      G_t(r) = P(|I_t| <= r)
@@ -20,8 +20,11 @@ each hold ~1e-16 relative accuracy (checked against 40-digit mpmath series):
   the coordinate orthogonal to the offset), by Gauss-Hermite quadrature scaled to the curvature of
   the integrand (width about sqrt(b / a)); the survival function likewise.
 
-The inverse is a safeguarded Newton iteration in log r with rigorous brackets (p_t <= 1/(2 pi alpha^2);
-|Z + a e| <= |Z| + a). Derivatives use zero-valued terms with the closed-form coefficients
+The inverse transports the level G_s(r) as an offset from the ring boundary next to it
+(``cdf_inversion.cdf_level``: a point 21 alpha_s outside a ring keeps its tail mass of 1e-98 instead of
+being rounded onto the boundary between the rings' shares), by a safeguarded Newton iteration in
+log r with rigorous brackets (p_t <= 1/(2 pi alpha^2); |Z + a e| <= |Z| + a); levels below exp(-1e306)
+are refused (ValueError). Derivatives use zero-valued terms with the closed-form coefficients
 dR/dr = g_s(r) / g_t(R), dR/ds = -b_s(r) g_s(r) / g_t(R), dR/dt = b_t(R) (radial velocities), so
 autograd and ``torch.func.jvp`` give exact first derivatives (not second ones). X(0) = 0; at the
 origin X = c0 x with c0 = sqrt(p_s(0) / p_t(0)). t = 1 is singular (alpha_t <= 4 eps beta_t counts as

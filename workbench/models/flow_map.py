@@ -82,7 +82,7 @@ class NeuralFlowMap(nn.Module):
         return self._v(sb, tb, x)
 
     def flow_map(self, s, t, x: torch.Tensor) -> torch.Tensor:
-        """X_{s,t}(x) = x + (t - s) v_{s,t}(x) (B25 sec. 1.2), shape of x; X_{s,s} = id exactly."""
+        """X_{s,t}(x) = x + (t - s) v_{s,t}(x) (B25's parametrisation), shape of x; X_{s,s} = id exactly."""
         x = self._state(x)
         sb, tb = self._times(s, t, x)
         return x + expand_as_state(tb - sb, x) * self._v(sb, tb, x)
@@ -92,8 +92,8 @@ class NeuralFlowMap(nn.Module):
         return self.average_velocity(t, t, x)
 
     def loss_weight(self, s, t, x: torch.Tensor) -> torch.Tensor:
-        """Learned log-variance w(s, t) = Linear(embed(s, t)) of B25's uncertainty weighting (digest
-        sec. 2.2: raw s and t, w_{t,t} on the diagonal), shape (batch,); zero when the head is off."""
+        """Learned log-variance w(s, t) = Linear(embed(s, t)) of B25's uncertainty weighting (as in
+        B25 code: raw s and t, w_{t,t} on the diagonal), shape (batch,); zero when the head is off."""
         x = self._state(x)
         sb, tb = self._times(s, t, x)
         if not self.learned_weight:
