@@ -151,3 +151,21 @@ def test_half_precision_log_prob_is_computed_wide_and_returned_in_the_input_dtyp
     if name == "mixture1d":
         log_F, log_S = flow.log_cdf(0.5, x)
         assert log_F.dtype == log_S.dtype == half
+
+
+def test_device_arguments_of_the_entry_helpers():
+    from workbench.core import choose_device, make_generator
+    from workbench.data import EightGaussians
+
+    for bad in ("gpu0", "cuda:99"):
+        with pytest.raises(ValueError, match="device"):
+            choose_device(bad)
+        with pytest.raises(ValueError, match="device"):
+            make_generator(0, bad)
+    assert choose_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        make_generator(-1)
+    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+        EightGaussians().means(torch.int64)
+    with pytest.raises(ValueError, match="device 'gpu0'"):
+        EightGaussians().means(device="gpu0")

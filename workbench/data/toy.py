@@ -19,7 +19,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import torch
 
 from ..core.contract import DataSampler, check_implements
-from ..core.validation import check_positive_int, check_sampling_args
+from ..core.validation import check_device, check_floating_dtype, check_positive_int, check_sampling_args
 from ..flows.gmm import GaussianMixtureFlow
 from ..flows.rings import RingsFlow
 
@@ -109,6 +109,8 @@ class EightGaussians:
 
     def means(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
         """(n_modes, 2) mode centres r (cos 2 pi k / K, sin 2 pi k / K)."""
+        check_floating_dtype(dtype)
+        device = None if device is None else check_device(device)
         ang = 2.0 * math.pi * torch.arange(self.n_modes, dtype=torch.float64) / self.n_modes
         return (self.radius * torch.stack([ang.cos(), ang.sin()], dim=-1)).to(dtype=dtype, device=device)
 
