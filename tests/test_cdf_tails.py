@@ -288,3 +288,14 @@ def test_references_agree_with_scipy_where_scipy_holds():
 
     y_ref = optimize.brentq(lambda y: cdf(0.7, y) - cdf(0.2, 0.4), -10, 10, xtol=1e-15, rtol=1e-15)
     assert abs(mixture_map(p, "linear", 0.2, 0.7, 0.4) - y_ref) <= 1e-13
+
+
+def test_mills_ratio_against_mpmath_over_the_whole_range():
+    """phi(z) / Phi(z) from z = -1e18 to 40: the naive exp(-z^2/2 - log Phi(z)) is NaN below -1e17."""
+    from workbench.flows.cdf_inversion import mills_ratio
+
+    zs = [-1e18, -1e8, -1e3, -40.0, -5.0, -0.5, 0.0, 0.5, 5.0, 30.0]
+    got = mills_ratio(torch.tensor(zs, dtype=F64))
+    with mp.workdps(120):  # mpmath's own ncdf needs the digits at z = -1e18 (at 40 digits it is off by 5e-9)
+        ref = [float(mp.npdf(z) / mp.ncdf(z)) for z in map(mp.mpf, zs)]
+    assert max(abs(g / r - 1) for g, r in zip(got.tolist(), ref)) <= ulps(F64, 16)

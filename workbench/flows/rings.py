@@ -339,6 +339,7 @@ class RingsFlow(AnalyticFlow):
         pad = 1e-10 * (1.0 + torch.maximum(lo.abs(), hi.abs()))
         # singular rows (alpha_t = 0) are answered below: an empty bracket ends their iteration at once
         lo, hi = torch.where(singular, torch.zeros_like(lo), lo - pad), torch.where(singular, torch.zeros_like(hi), hi + pad)
+
         def fun(v):
             rho = torch.exp(v)
             log_G, log_S = self._ring_log_cdf(t_, rho)
