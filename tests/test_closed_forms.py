@@ -14,7 +14,7 @@ from workbench.flows.registry import make_flow
 
 F64 = torch.float64
 IPS = [LinearInterpolant(), TrigInterpolant()]
-ORACLE_TOL = 1e-9  # issue 2: closed form vs ODE to 1e-9 relative
+ORACLE_TOL = 1e-9  # the ODE oracle's promise: closed form vs ODE to 1e-9 relative
 PAIRS = [(0.0, 0.5), (0.1, 0.9), (0.8, 0.3), (0.05, 0.99), (0.0, 0.99), (0.99, 0.0)]
 
 
@@ -131,7 +131,7 @@ def test_float32_follows_input_and_stays_close_to_float64(name):
     for s, t in [(0.2, 0.9), (0.9, 0.2)]:
         X32 = flow.flow_map(s, t, x32)
         assert X32.dtype == torch.float32
-        # amplification alpha_t/alpha_s for backward point-mass maps (analytic_flows.md R5)
+        # amplification alpha_t/alpha_s for backward point-mass maps (docs/flows_analytic.md section 3)
         assert rel_err_max(X32, flow.flow_map(s, t, x32.double())) < ulps(torch.float32, 64)
     assert flow.velocity(0.5, x32).dtype == torch.float32
     assert flow.log_prob(0.5, x32).dtype == torch.float32

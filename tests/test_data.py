@@ -142,3 +142,27 @@ def test_bad_input():
     with pytest.raises(ValueError, match="closed-form"):
         Checkerboard().as_flow()
     assert sorted(DATA) == sorted(["checkerboard", "eight_gaussians", "two_moons", "rings", "gaussian", "point_mass", "gmm"])
+
+
+@pytest.mark.parametrize("name", ["checkerboard", "eight_gaussians", "two_moons", "rings", "gaussian", "point_mass"])
+def test_sample_arguments_are_validated(name):
+    src = get_data(name)
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator or None, got int; for a seed use"):
+        src.sample(4, 7)
+    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+        src.sample(4, dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
+        src.sample(4, dtype="float32")
+    with pytest.raises(ValueError, match="device 'gpu0' is not a device torch knows"):
+        src.sample(4, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
+            src.sample(4, device="cuda")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="differs from the generator's device"):
+            src.sample(4, _gen(0), device="cuda")
+
+
+def test_flow_data_names_the_missing_members():
+    with pytest.raises(TypeError, match=r"flow must implement DataSampler \(dim, sample_data\); object lacks dim, sample_data"):
+        FlowData(object())

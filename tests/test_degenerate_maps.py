@@ -1,8 +1,8 @@
-"""Constructed degenerate maps (workbench.flows.degenerate) against table R3 of analytic_flows.md.
+"""Constructed degenerate maps (workbench.flows.degenerate) against the table of docs/flows_degenerate_maps.md.
 
 Residuals are computed here directly with torch.func.jvp (not with the library's identity module),
 the reference quantities (true X_01, transport costs, Cholesky tangent) with numpy/scipy.
-Protocol of R3: data N(mu, Sigma), mu = (1, -1), Sigma = [[1, .6], [.6, .5]], linear schedule,
+The table's protocol: data N(mu, Sigma), mu = (1, -1), Sigma = [[1, .6], [.6, .5]], linear schedule,
 (s, t) pairs (0, .5), (.1, .9), (.8, .3), (.05, .99), 32 points of p_s per pair, max relative error
 |A - B| / (1 + |B|) per point.
 """
@@ -42,7 +42,7 @@ F64 = torch.float64
 # exact identities hold to round-off: a few thousand ulps covers jvp rounding amplified by the
 # conditioning of C_t near t = .99 (measured worst case ~1e-14)
 TINY = ulps(F64, 2000)
-BIG = 0.05  # table R3: every broken identity is >= 0.2
+BIG = 0.05  # in the reference table every broken identity is >= 0.2
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -60,8 +60,8 @@ def jacobian(m, s, t, x1):
     return torch.stack(cols, dim=1)
 
 
-def r3_row(m, flow, n=32, seed=0):
-    """The R3 columns of map m against the reference flow (all maps here are affine in x)."""
+def residual_row(m, flow, n=32, seed=0):
+    """The table's columns for map m against the reference flow (all maps here are affine in x)."""
     g = torch.Generator().manual_seed(seed)
     out = dict.fromkeys(("X_tt", "semigroup", "tangent", "lagrangian", "eulerian", "marginal", "logdet"), 0.0)
     for s0, t0 in PAIRS:
@@ -108,8 +108,8 @@ def flow():
     return GaussianFlow(MU, SIGMA)
 
 
-# broken columns per map, from table R3 (all other columns must be at round-off)
-R3_BROKEN = {
+# broken columns per map, from the reference table (all other columns must be at round-off)
+BROKEN_COLUMNS = {
     "identity": {"tangent", "lagrangian", "eulerian", "marginal", "logdet", "X01"},
     "trajectory_collapse": {"X_tt", "tangent", "marginal", "logdet", "X01"},
     "constant_collapse": {"X_tt", "tangent", "lagrangian", "marginal", "logdet", "X01"},
@@ -119,19 +119,19 @@ R3_BROKEN = {
     "mean_shift": {"tangent", "lagrangian", "eulerian", "marginal", "logdet", "X01"},
     "euler_step": {"semigroup", "lagrangian", "eulerian", "marginal", "logdet", "X01"},
 }
-R3_DIGEST_TANGENT = {"identity": 0.81, "trajectory_collapse": 1.3, "constant_collapse": 0.80,
+REFERENCE_TANGENT = {"identity": 0.81, "trajectory_collapse": 1.3, "constant_collapse": 0.80,
                      "cholesky_transport": 0.61, "wrong_schedule": 1.6, "other_data_flow": 1.4,
                      "mean_shift": 1.3, "euler_step": 1.7e-13}
 
 
-def test_r3_table_pattern(flow):
-    """Every R3 row: the identities the digest finds exact are exact here, the broken ones are O(1)."""
+def test_residual_table_pattern(flow):
+    """Every row of the table: the identities the reference finds exact are exact here, the broken ones O(1)."""
     maps = degenerate_maps(flow)
-    truth = r3_row(flow, flow)
+    truth = residual_row(flow, flow)
     assert max(truth.values()) < math.sqrt(TINY)  # the flow itself (jvp in float64)
     rows = {}
-    for name, broken in R3_BROKEN.items():
-        row = rows[name] = r3_row(maps[name], flow)
+    for name, broken in BROKEN_COLUMNS.items():
+        row = rows[name] = residual_row(maps[name], flow)
         for col, val in row.items():
             if col in broken:
                 assert val > BIG, (name, col, val)
@@ -142,13 +142,13 @@ def test_r3_table_pattern(flow):
         print(f"{name:20} " + " ".join(f"{v:10.2e}" for v in row.values()))
 
 
-def test_r3_magnitudes_match_digest(flow):
-    """Tangent residuals have R3's magnitudes: max over the 4 pairs, tangent at both times tau = s, t
+def test_tangent_magnitudes_match_the_reference(flow):
+    """Tangent residuals have the reference magnitudes (docs/flows_degenerate_maps.md): max over the 4 pairs, tangent at both times tau = s, t
     on 32 points of p_tau. These are maxima over random points, so they agree within a factor 2
-    (seeds 0-19 give ratios to the digest between 0.53 and 1.76)."""
+    (seeds 0-19 give ratios to the reference between 0.53 and 1.76)."""
     maps = degenerate_maps(flow)
     g = torch.Generator().manual_seed(0)
-    for name, ref in R3_DIGEST_TANGENT.items():
+    for name, ref in REFERENCE_TANGENT.items():
         val = 0.0
         for pair in PAIRS:
             for tau in pair:
@@ -164,7 +164,7 @@ def test_r3_magnitudes_match_digest(flow):
 def test_transport_costs_closed_form(flow):
     """E|X_01(x0) - x0|^2 = |mu|^2 + ||K - I||_F^2 for X_01 = mu + K x0; K = Sigma^{1/2} (true: 2.5011),
     chol(Sigma) (Cholesky: 2.7517), I (mean shift: 2), 0 (collapses, Euler: 4), diag(Sigma)^{1/2} (2.0858).
-    The digest's Monte Carlo values 2.513 / 2.757 / 2.000 / 4.004 / 2.092 are within its sampling error."""
+    The reference implementation's Monte Carlo values 2.513 / 2.757 / 2.000 / 4.004 / 2.092 are within its sampling error."""
     d = len(MU)
     exact = {
         "truth": MU @ MU + np.linalg.norm(scipy.linalg.sqrtm(SIGMA).real - np.eye(d)) ** 2,
@@ -185,7 +185,7 @@ def test_transport_costs_closed_form(flow):
 
 def test_cholesky_tangent_vs_numpy(flow):
     """Pointwise tangent residual of the Cholesky transport: (L'_s L_s^{-1} - A_s)(x - m_s) with L'_s by a
-    numpy central difference of np.linalg.cholesky and A_s = C'_s C_s^{-1} / 2 (digest b)."""
+    numpy central difference of np.linalg.cholesky and A_s = C'_s C_s^{-1} / 2 (docs/flows_analytic.md 2.2)."""
     m = cholesky_transport(flow)
     C = lambda t: (1 - t) ** 2 * np.eye(2) + t**2 * SIGMA
     g = torch.Generator().manual_seed(3)
@@ -225,13 +225,13 @@ def test_guaranteed_properties_hold(interp):
     """The properties a map declares hold to round-off for Gaussian data under both schedules."""
     f = GaussianFlow(MU, SIGMA, interpolant=interp)
     for name, m in degenerate_maps(f).items():
-        row = r3_row_generic(m, f)
+        row = residual_row_generic(m, f)
         for prop in m.guaranteed:
             assert row[prop] < TINY, (interp, name, prop, row[prop])
         assert row["tangent"] > BIG or "tangent" in m.guaranteed, (name, row)
 
 
-def r3_row_generic(m, f, n=16, seed=5):
+def residual_row_generic(m, f, n=16, seed=5):
     g = torch.Generator().manual_seed(seed)
     res = dict.fromkeys(PROPERTIES, 0.0)
     for s0, t0 in PAIRS:

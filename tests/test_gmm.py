@@ -6,7 +6,7 @@ decomposition of Sigma_k) and its own copy of the schedules. Its velocity is int
 DOP853 at rtol = atol = 1e-13 as the flow-map ground truth. Further checks: a one-component mixture
 equals the closed-form GaussianFlow; Tweedie and the continuity equation through autograd of
 log_prob; semigroup and inverse; the variational Jacobian against finite differences and the
-change of variables p_t(X) det grad X = p_s(x) (digest analytic_flows.md, sections 0, c, 4).
+change of variables p_t(X) det grad X = p_s(x) (derivations in docs/flows_analytic.md, sections 1, 2.3, 3).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from workbench.flows.ode import ODESolution
 F64 = torch.float64
 MAP_TOL = 1e-9  # promised accuracy of the oracle at its default tolerance (relative)
 CLOSED_TOL = ulps(F64, 2e4)  # closed forms vs the numpy reference (~4e-12; softmax/inverse rounding)
-HI_ATOMS = 1 - 1e-6  # atoms are singular at t = 1; stop here (digest section 4)
+HI_ATOMS = 1 - 1e-6  # atoms are singular at t = 1; stop here (docs/flows_analytic.md section 3)
 
 
 # -- an independent numpy mixture ------------------------------------------------------------------
@@ -217,7 +217,7 @@ def _grad_log_prob(flow, t, x):
 @pytest.mark.parametrize("interpolant", ["linear", "trig"])
 @pytest.mark.parametrize("case", ["K3", "ring", "atoms"])
 def test_tweedie_velocity_from_score(case, interpolant):
-    """b = (beta'/beta) x + (alpha^2 beta'/beta - alpha alpha') grad log p_t  (G1), t >= 1e-3."""
+    """b = (beta'/beta) x + (alpha^2 beta'/beta - alpha alpha') grad log p_t  (T2 of docs/flows_analytic.md), t >= 1e-3."""
     flow, _ = make(case, interpolant)
     ip = flow.interpolant
     hi = HI_ATOMS if flow.singular_at_data else 1.0

@@ -1,12 +1,14 @@
 """Property tests (hypothesis) of the flow-map identities on every analytic flow, both interpolants.
 
-Time ranges and points are chosen by design, per flow (analytic_flows.md section 4, "ranges to avoid"):
+Time ranges and points are chosen by design, per flow (docs/flows_analytic.md section 3):
 flows whose data law has atoms or lives on circles (``singular_at_data``) are singular at t = 1,
 so their times stay in [0, 1 - 1e-6]; maps that run *backward* from near t = 1 amplify round-off
 by alpha_t / alpha_s, so semigroup / inverse checks of those flows keep times in [0, 0.99] and
 scale the tolerance by that amplification; near the data end those flows are probed on their
-distribution only (off it, p_s underflows and the map is undefined in float64). ODE-oracle flows (no closed form) are held to the
-oracle's documented accuracy instead of round-off.
+distribution only (off it, a backward map sends whole gaps between the components to one float64
+point; the oracles there are checked in test_cdf_tails.py). ODE-oracle flows (no closed form) are held
+to the oracle's documented accuracy instead of round-off, and a composition of two maps (semigroup,
+inverse) to the first map's error carried through the second (``assert_composition``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from workbench.flows.registry import FLOW_NAMES, make_flow
 
 F64, F32 = torch.float64, torch.float32
 ODE_FLOWS = {"gmm_3", "gmm_8"}
-ORACLE_TOL = 1e-9  # the ODE oracle's accuracy at its default tolerance (issue 2), relative
+ORACLE_TOL = 1e-9  # the ODE oracle's promised accuracy at its default tolerance, relative (workbench.flows.ode)
 
 
 @cache
@@ -32,15 +34,7 @@ def get_flow(name: str, ip: str):
     return make_flow(name, ip)
 
 
-def _constructible(name):
-    try:
-        get_flow(name, "linear")
-        return True
-    except ModuleNotFoundError:  # a flow still being written: test_validation fails for it loudly
-        return False
-
-
-NAMES = [n for n in FLOW_NAMES if _constructible(n)]
+NAMES = list(FLOW_NAMES)
 CLOSED = [n for n in NAMES if n not in ODE_FLOWS]
 flows = st.sampled_from(NAMES)
 # derivative identities differentiate through the ODE oracle's adaptive steps (forward-mode AD through
@@ -58,8 +52,10 @@ def t_max(flow, delta=1e-6):
 def points(flow, s, seed, on_dist, dtype=F64, n=8):
     g = torch.Generator().manual_seed(seed)
     if flow.singular_at_data and s > 0.9:
-        # near the data end of atoms / circles, p_s vanishes off the data (exp(-1e11) between the
-        # rings at s = 1 - 1e-6) and the map is undefined in float64 there: stay on the distribution
+        # near the data end of atoms / circles a point off the data has a CDF level within exp(-1e11)
+        # (between the rings at s = 1 - 1e-6) of a component boundary: the oracle transports it (checked
+        # against the ODE and mpmath in test_cdf_tails.py), but a backward map sends whole gaps to one
+        # float64 point, so identities that invert it cannot hold there: stay on the distribution
         on_dist = True
     if on_dist:
         return flow.sample_marginal(min(s, t_max(flow)), n, g).to(dtype)
@@ -82,7 +78,8 @@ def amplification(flow, s, t):
 
 
 def conditioning(flow, *times):
-    """Velocities of atoms / circles cancel x - beta D to O(alpha): relative error eps / alpha (R5)."""
+    """Velocities of atoms / circles cancel x - beta D to O(alpha): relative error eps / alpha
+    (docs/flows_analytic.md section 3, item 3)."""
     if not flow.singular_at_data:
         return 1.0
     return float(1.0 / flow.interpolant.alpha(torch.tensor(times, dtype=F64)).min())
@@ -97,8 +94,40 @@ def test_boundary_X_tt_is_identity(name, ip, t, seed, on):
     assert float(rel(idn.boundary_residual(flow, t, x), x.norm(dim=1)).max()) <= base_tol(name, F64, 1e3)
 
 
+def propagated_spread(flow, s, t, y, h):
+    """max_j |X_{s,t}(y + h e_j) - X_{s,t}(y - h e_j)| / 2 per point: how far X_{s,t} moves when its input
+    moves by h (batch,), i.e. what an input error of size h becomes, with X_{s,t}'s own error at y +- h e_j.
+
+    A composition of two oracle maps carries the first map's error through the second: where the second
+    map is ill-conditioned the residual is that error times its stretch, not round-off. Example: a point
+    of gmm_8's gap at t = 1 (log p_1 = -69) pulled back to t = 0 lies within ~1e-8 of the separatrix
+    between two modes, where X_{0,1} stretches by >= 8e7 (finite differences at step 1e-8; its variational equation
+    exhausts the ODE oracle's step budget); X_{1,0} itself agrees with scipy's DOP853 to 1e-16 there."""
+    out = torch.zeros(y.shape[0], dtype=y.dtype)
+    for j in range(y.shape[1]):
+        e = torch.zeros_like(y)
+        e[:, j] = h
+        out = torch.maximum(out, 0.5 * (flow.flow_map(s, t, y + e) - flow.flow_map(s, t, y - e)).norm(dim=1))
+    return out
+
+
+def assert_composition(res, scale, tol, flow, s, t, first_leg):
+    """res <= tol (1 + scale) per point, or, where not, within the spread of the second map X_{s,t} over the
+    first map's error ball at y = first_leg() (``propagated_spread`` with h = tol (1 + |y|), evaluated
+    only then)."""
+    bound = tol * (1 + scale)
+    if bool((res <= bound).all()):
+        return
+    y = first_leg()
+    spread = propagated_spread(flow, s, t, y, tol * (1 + y.norm(dim=1)))
+    assert bool((res <= bound + spread).all()), (res / (bound + spread)).max()
+
+
 @given(name=flows, ip=ips, s=unit, u=unit, t=unit, seed=seeds, on=st.booleans())
 @example(name="point_mass_2d", ip="linear", s=0.0, u=0.99, t=0.0, seed=0, on=False)
+# the round trip 1 -> 0 -> 1 of a point between gmm_8's modes: X_{0,1} stretches the pulled-back point's
+# error by >= 8e7 (relative residual 2.6e-3 against the strict 1e-9; scipy DOP853 at 1e-13 misses by 3.5e-2)
+@example(name="gmm_8", ip="linear", s=1.0, u=0.0, t=1.0, seed=0, on=False)
 def test_semigroup(name, ip, s, u, t, seed, on):
     flow = get_flow(name, ip)
     hi = 0.99 if flow.singular_at_data else 1.0
@@ -107,7 +136,7 @@ def test_semigroup(name, ip, s, u, t, seed, on):
     amp = amplification(flow, s, u) * amplification(flow, u, t)
     res = idn.semigroup_residual(flow, s, u, t, x)
     X = flow.flow_map(s, t, x)
-    assert float(rel(res, X.norm(dim=1)).max()) <= base_tol(name, F64, 1e3) * amp
+    assert_composition(res, X.norm(dim=1), base_tol(name, F64, 1e3) * amp, flow, u, t, lambda: flow.flow_map(s, u, x))
 
 
 @given(name=flows, ip=ips, s=unit, t=unit, seed=seeds, on=st.booleans())
@@ -117,7 +146,8 @@ def test_inverse(name, ip, s, t, seed, on):
     s, t = s * hi, t * hi
     x = points(flow, s, seed, on)
     res = idn.inverse_residual(flow, s, t, x)
-    assert float(rel(res, x.norm(dim=1)).max()) <= base_tol(name, F64, 1e3) * amplification(flow, s, t)
+    tol = base_tol(name, F64, 1e3) * amplification(flow, s, t)
+    assert_composition(res, x.norm(dim=1), tol, flow, t, s, lambda: flow.flow_map(s, t, x))
 
 
 @given(name=closed_flows, ip=ips, s=unit, seed=seeds, on=st.booleans())
@@ -194,7 +224,7 @@ def test_finite_difference_twin_agrees(name, method):
 def test_float32_identities(name, ip, s, t, seed):
     """float32 in, float32 out, identities to float32 round-off (looser, finfo-derived)."""
     flow = get_flow(name, ip)
-    s, t = s * 0.99, t * 0.99  # analytic_flows.md section 4: f32 keeps t <= 1 - 1e-2
+    s, t = s * 0.99, t * 0.99  # float32 keeps t <= 1 - 1e-2 (docs/flows_analytic.md section 3, item 3)
     x = points(flow, s, seed, True, dtype=F32)
     X = flow.flow_map(s, t, x)
     assert X.dtype == F32 and flow.velocity(t, x).dtype == F32

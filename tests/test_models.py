@@ -15,6 +15,7 @@ from scipy.special import erf
 from workbench.core import eps as machine_eps
 from workbench.flows import GaussianFlow
 from workbench.models import ExactFlowMap, MLPBackbone, NeuralFlowMap, TimeEmbedding, make_mlp_flow_map
+from workbench.models.perturbed import PerturbedFlowMap
 
 F64 = torch.float64
 
@@ -140,3 +141,34 @@ def test_bad_input():
         model.average_velocity(0.0, 1.0, torch.full((3, 2), math.nan, dtype=F64))
     with pytest.raises(TypeError, match="flow must implement"):
         ExactFlowMap(object())
+
+
+# -- mixed dtypes: the model computes in its parameters' dtype and refuses another (never casts) -----------
+@pytest.mark.parametrize("model_dtype", [torch.float32, F64])
+def test_mixed_dtype_is_refused_naming_x(model_dtype):
+    model = make_mlp_flow_map(2, hidden=8, depth=1, learned_weight=True).to(model_dtype)
+    assert model.dtype == model_dtype
+    other = F64 if model_dtype == torch.float32 else torch.float32
+    x = torch.zeros(3, 2, dtype=other)
+    calls = {
+        "flow_map": lambda: model.flow_map(0.1, 0.5, x),
+        "average_velocity": lambda: model.average_velocity(0.1, 0.5, x),
+        "velocity": lambda: model.velocity(0.1, x),
+        "loss_weight": lambda: model.loss_weight(0.1, 0.5, x),
+    }
+    for call in calls.values():
+        with pytest.raises(TypeError, match=rf"x has dtype {other} but NeuralFlowMap's parameters are {model_dtype}"):
+            call()
+    # the matching dtype works and keeps it; float64 times with float32 x are cast (times are not states)
+    y = model.flow_map(torch.tensor(0.1, dtype=F64), 0.5, x.to(model_dtype))
+    assert y.dtype == model_dtype
+
+
+def test_perturbed_model_reports_and_enforces_the_base_dtype():
+    base = make_mlp_flow_map(2, hidden=8, depth=1)
+    model = PerturbedFlowMap(base, eps=0.1)
+    assert model.dtype == torch.float32  # eps is a float64 parameter but the model computes in the base's dtype
+    with pytest.raises(TypeError, match="x has dtype torch.float64"):
+        model.flow_map(0.1, 0.5, torch.zeros(2, 2, dtype=F64))
+    with pytest.raises(TypeError, match="base must implement FlowMapModel"):
+        PerturbedFlowMap(GaussianFlow([0.0], [[1.0]]))

@@ -89,3 +89,83 @@ def test_every_registry_flow_validates_its_inputs(name):
             call()
     with pytest.raises(ValueError, match="must lie in"):
         flow.flow_map(0.1, 1.2, x)
+
+
+# -- arguments that were never validated -------------------------------------------------------------------
+@pytest.mark.parametrize("name", FLOW_NAMES)
+def test_samplers_validate_generator_dtype_and_device(name):
+    flow = make_flow(name)
+    for call in (lambda **kw: flow.sample_marginal(0.5, 4, **kw), lambda **kw: flow.sample_data(4, **kw)):
+        with pytest.raises(TypeError, match=r"generator must be a torch.Generator or None, got int; for a seed use torch.Generator\(\).manual_seed\(3\)"):
+            call(generator=3)
+        with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+            call(dtype=torch.int64)
+        with pytest.raises(ValueError, match="device 'gpu0' is not a device torch knows"):
+            call(device="gpu0")
+        if not torch.cuda.is_available():
+            with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
+                call(device="cuda")
+        assert call(dtype=torch.float32, generator=torch.Generator().manual_seed(0)).dtype == torch.float32
+
+
+def test_pushforward_test_validates_its_generator():
+    from workbench.flows import identities as idn
+
+    flow = make_flow("gaussian_2d")
+    x = flow.sample_marginal(0.1, 8, torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        idn.pushforward_test(flow, 0.1, 0.9, x, x, n_permutations=2, generator=1)
+    with pytest.raises(TypeError, match=r"flow must implement Flow \(dim, flow_map, velocity\)"):
+        idn.boundary_residual(object(), 0.5, x)
+
+
+def test_make_flow_refuses_a_non_string_name():
+    with pytest.raises(TypeError, match=r"name must be a str, one of point_mass_2d, .*; got list \['gmm_8'\]"):
+        make_flow(["gmm_8"])
+
+
+def test_time_range_is_checked_before_the_cast():
+    """A time of 1e300 with float32 x used to overflow to inf in the cast and be reported as non-finite."""
+    flow = make_flow("gaussian_2d")
+    x = torch.zeros(2, 2, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"t must lie in \[0.0, 1.0\], got max 1e\+300"):
+        flow.flow_map(0.1, 1e300, x)
+    with pytest.raises(ValueError, match=r"s must lie in \[0.0, 1.0\], got max 1e\+300"):
+        flow.flow_map(torch.tensor(1e300, dtype=F64), 0.5, x)
+    with pytest.raises(ValueError, match="t must lie in"):
+        flow.velocity(torch.full((2,), -1e300, dtype=F64), x)
+
+
+@pytest.mark.parametrize("name", ["mixture1d", "product_4"])
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_log_prob_is_computed_wide_and_returned_in_the_input_dtype(name, half):
+    """torch has no log_ndtr below float32: log_prob (and log_cdf) run in float64 and cast back."""
+    flow = make_flow(name)
+    x = flow.sample_marginal(0.5, 16, torch.Generator().manual_seed(0)).to(half)
+    out = flow.log_prob(0.5, x)
+    ref = flow.log_prob(0.5, x.to(F64))
+    assert out.dtype == half
+    # the product's frame Q^T (x - beta c) is formed in the input's precision, hence a few of its eps
+    tol = 16 * torch.finfo(half).eps
+    assert float(((out.to(F64) - ref).abs() / (1 + ref.abs())).max()) <= tol
+    if name == "mixture1d":
+        log_F, log_S = flow.log_cdf(0.5, x)
+        assert log_F.dtype == log_S.dtype == half
+
+
+def test_device_arguments_of_the_entry_helpers():
+    from workbench.core import choose_device, make_generator
+    from workbench.data import EightGaussians
+
+    for bad in ("gpu0", "cuda:99"):
+        with pytest.raises(ValueError, match="device"):
+            choose_device(bad)
+        with pytest.raises(ValueError, match="device"):
+            make_generator(0, bad)
+    assert choose_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        make_generator(-1)
+    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+        EightGaussians().means(torch.int64)
+    with pytest.raises(ValueError, match="device 'gpu0'"):
+        EightGaussians().means(device="gpu0")

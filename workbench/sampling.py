@@ -1,6 +1,6 @@
 """Samplers: N-step flow-map sampling and ODE sampling of a diagonal velocity.
 
-* Flow-map sampling on a time grid 0 = t_0 < t_1 < ... < t_N = 1 (B25 sec. 2.3):
+* Flow-map sampling on a time grid 0 = t_0 < t_1 < ... < t_N = 1 (B25's multi-step sampling):
   x_{k+1} = X_{t_k, t_{k+1}}(x_k), x_0 ~ N(0, I). For the exact flow map every grid gives the
   exact X_{0,1}(x_0) (semigroup X_{u,t} o X_{s,u} = X_{s,t}); a learned map drifts with N.
 * ODE sampling of dx/dt = b_t(x) with b_t = ``flow.velocity(t, x)`` (for a model, its diagonal
@@ -20,12 +20,19 @@ from dataclasses import dataclass
 
 import torch
 
-from .core.validation import check_positive_int, check_state
+from .core.validation import (
+    check_device,
+    check_floating_dtype,
+    check_positive_int,
+    check_sampling_args,
+    check_state,
+)
 
 __all__ = [
     "ODE_METHODS",
     "AdaptiveSample",
     "flow_map_trajectory",
+    "model_dtype",
     "sample",
     "sample_flow_map",
     "sample_ode",
@@ -42,7 +49,10 @@ def time_grid(
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """The (N + 1,) time grid: uniform t_k = k / N from ``n_steps``, or a given strictly monotone
-    ``grid`` in [0, 1] (exactly one of the two)."""
+    ``grid`` in [0, 1] (exactly one of the two), in the floating ``dtype`` on ``device``."""
+    check_floating_dtype(dtype)
+    if device is not None:
+        device = check_device(device)
     if (n_steps is None) == (grid is None):
         raise ValueError("give exactly one of n_steps (uniform grid 0 -> 1) or grid (a 1-D sequence of times)")
     if grid is None:
@@ -100,19 +110,55 @@ def sample_flow_map(model, x0: torch.Tensor, n_steps: int | None = None, grid: o
     return x
 
 
+def model_dtype(model: object) -> torch.dtype | None:
+    """The floating dtype a model computes in: its ``dtype`` attribute if it has one, else that of its first
+    floating parameter (an ``nn.Module``), else None (an analytic flow follows its input)."""
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def _model_device(model: object) -> torch.device | None:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return None
+
+
 def sample(
     model,
     n: int,
     *,
     n_steps: int = 1,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """n samples (n, model.dim): x0 ~ N(0, I) from ``generator``, then ``n_steps`` flow-map steps
-    on the uniform grid, without gradients."""
-    check_positive_int(n, "n")
-    dev = device if device is not None else (generator.device if generator is not None else "cpu")
+    on the uniform grid, without gradients.
+
+    ``dtype`` defaults to the dtype the model computes in (:func:`model_dtype`; float32 for a model
+    without parameters); an explicit dtype that differs from the model's is refused (TypeError), never
+    cast. ``device`` defaults to the generator's device, else the model's, else CPU."""
+    own = model_dtype(model)
+    if dtype is None:
+        dtype = own if own is not None else torch.float32
+    else:
+        check_floating_dtype(dtype)
+        if own is not None and dtype != own:
+            raise TypeError(
+                f"dtype {dtype} differs from the dtype {own} the model computes in; pass dtype=None (the "
+                f"model's) or cast the model with model.to({dtype})"
+            )
+    if device is None and generator is None:
+        device = _model_device(model)
+    n, dtype, dev = check_sampling_args(n, generator, dtype, device)
+    check_positive_int(n_steps, "n_steps")
     x0 = torch.randn(n, model.dim, generator=generator, dtype=dtype, device=dev)
     with torch.no_grad():
         return sample_flow_map(model, x0, n_steps=n_steps)

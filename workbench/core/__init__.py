@@ -1,6 +1,15 @@
 """The flow contract, time broadcasting, finfo tolerances, validation and seeding."""
 
-from .contract import AnalyticFlowLike, Flow, FlowMapModel, TimeLike
+from .contract import (
+    AnalyticFlowLike,
+    DataSampler,
+    Density,
+    Flow,
+    FlowMapModel,
+    InterpolantFlow,
+    TimeLike,
+    check_implements,
+)
 from .derivatives import directional_derivative
 from .seeding import choose_device, make_generator, seed_everything
 from .times import broadcast_time, expand_as_state
@@ -13,6 +22,7 @@ from .validation import (
     check_generator,
     check_positive_int,
     check_probability_vector,
+    check_sampling_args,
     check_state,
     check_tensor,
     value_checks_disabled,
@@ -21,8 +31,11 @@ from .validation import (
 
 __all__ = [
     "AnalyticFlowLike",
+    "DataSampler",
+    "Density",
     "Flow",
     "FlowMapModel",
+    "InterpolantFlow",
     "TimeLike",
     "broadcast_time",
     "check_device",
@@ -30,8 +43,10 @@ __all__ = [
     "check_finite",
     "check_floating_dtype",
     "check_generator",
+    "check_implements",
     "check_positive_int",
     "check_probability_vector",
+    "check_sampling_args",
     "check_state",
     "check_tensor",
     "choose_device",

@@ -11,7 +11,7 @@ Times broadcast from a Python float, a 0-d tensor or a (batch,) tensor; x is (ba
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -45,6 +45,37 @@ class AnalyticFlowLike(Flow, Protocol):
 
 
 @runtime_checkable
+class InterpolantFlow(Flow, Protocol):
+    """A flow of the interpolant I_t = alpha_t x0 + beta_t x1: it carries ``interpolant`` (alpha_t, beta_t
+    and their derivatives), as every analytic flow does."""
+
+    interpolant: Any
+
+
+@runtime_checkable
+class DataSampler(Protocol):
+    """A law of x1 (the data, t = 1) that can be sampled: ``sample_data(n, generator, *, dtype, device)``."""
+
+    dim: int
+
+    def sample_data(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Density(Protocol):
+    """Anything with a marginal log-density ``log_prob(t, x)`` of shape (batch,)."""
+
+    def log_prob(self, t: TimeLike, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class FlowMapModel(Flow, Protocol):
     """A flow map parametrised by its average velocity: X_{s,t}(x) = x + (t - s) v_{s,t}(x).
 
@@ -52,3 +83,25 @@ class FlowMapModel(Flow, Protocol):
     """
 
     def average_velocity(self, s: TimeLike, t: TimeLike, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The public attributes and methods a runtime-checkable protocol requires, sorted."""
+    names: set[str] = set()
+    for base in protocol.__mro__:
+        if getattr(base, "_is_protocol", False) and base is not Protocol:
+            names |= {k for k in vars(base) if not k.startswith("_")}
+            names |= set(getattr(base, "__annotations__", {}))
+    return sorted(names)
+
+
+def check_implements(obj: object, protocol: type, name: str) -> Any:
+    """obj must implement ``protocol`` (one of the runtime-checkable protocols above): TypeError naming
+    ``name``, the protocol and the members obj lacks otherwise. Returns obj."""
+    if not isinstance(obj, protocol):
+        missing = [m for m in protocol_members(protocol) if not hasattr(obj, m)]
+        raise TypeError(
+            f"{name} must implement {protocol.__name__} ({', '.join(protocol_members(protocol))}); "
+            f"{type(obj).__name__} lacks {', '.join(missing)}"
+        )
+    return obj

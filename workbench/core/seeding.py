@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+from .validation import check_device
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, numpy and torch (all devices); return a CPU generator seeded with ``seed``."""
@@ -19,7 +21,10 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
+    """A torch.Generator on ``device`` (checked: ValueError for a device this machine lacks) seeded with ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    g = torch.Generator(device=check_device(device))
     g.manual_seed(seed)
     return g
 
@@ -32,7 +37,4 @@ def choose_device(device: str | None = None) -> torch.device:
     """Entry points only: ``cuda`` when available unless told otherwise."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; use device='cpu'")
-    return dev
+    return check_device(device)

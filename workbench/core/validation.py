@@ -134,3 +134,25 @@ def check_device(device: object, name: str = "device") -> torch.device:
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ValueError(f"{name} {device!r} needs Apple MPS, which this machine does not have; use 'cpu'")
     return dev
+
+
+def check_sampling_args(
+    n: object, generator: object, dtype: object, device: object
+) -> tuple[int, torch.dtype, torch.device]:
+    """The arguments of a sampler ``sample(n, generator, *, dtype, device)``: n a positive int, generator None
+    or a torch.Generator, dtype a floating dtype, device a device this machine has (default: the
+    generator's device, else CPU; a generator on another device than ``device`` is refused).
+    Returns (n, dtype, device)."""
+    check_positive_int(n, "n")
+    check_generator(generator)
+    check_floating_dtype(dtype)
+    if device is None:
+        dev = torch.device(generator.device) if generator is not None else torch.device("cpu")
+    else:
+        dev = check_device(device)
+        if generator is not None and torch.device(generator.device).type != dev.type:
+            raise ValueError(
+                f"device {str(dev)!r} differs from the generator's device {str(generator.device)!r}; "
+                f"draw with a generator on {str(dev)!r} (torch.Generator(device={str(dev)!r})) or omit device"
+            )
+    return n, dtype, dev

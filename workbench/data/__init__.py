@@ -8,26 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..flows import GaussianFlow, GaussianMixtureFlow, PointMassFlow
 from .toy import Checkerboard, DataSource, EightGaussians, FlowData, Rings, TwoMoons
 
 
 def _gaussian(mean=(0.0, 0.0), cov=((1.0, 0.0), (0.0, 1.0)), interpolant=None) -> FlowData:
-    from ..flows import GaussianFlow
-
     return FlowData(GaussianFlow(mean, cov, interpolant=interpolant), name="gaussian")
 
 
 def _point_mass(a=(1.0, 0.0), interpolant=None) -> FlowData:
-    from ..flows import PointMassFlow
-
     return FlowData(PointMassFlow(a, interpolant=interpolant), name="point_mass")
 
 
 def _gmm(weights, means, covs, interpolant=None) -> FlowData:
-    try:
-        from ..flows.gmm import GaussianMixtureFlow
-    except ImportError as err:  # pragma: no cover - depends on the flows layer
-        raise ValueError("data 'gmm' needs workbench.flows.GaussianMixtureFlow, which is not available") from err
     return FlowData(GaussianMixtureFlow(weights, means, covs, interpolant=interpolant), name="gmm")
 
 

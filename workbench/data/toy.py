@@ -18,8 +18,10 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ..core.seeding import generator_device
-from ..core.validation import check_positive_int
+from ..core.contract import DataSampler, check_implements
+from ..core.validation import check_device, check_floating_dtype, check_positive_int, check_sampling_args
+from ..flows.gmm import GaussianMixtureFlow
+from ..flows.rings import RingsFlow
 
 
 @runtime_checkable
@@ -39,16 +41,6 @@ class DataSource(Protocol):
     ) -> torch.Tensor: ...
 
 
-def _device(generator: torch.Generator | None, device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else generator_device(generator, torch.device("cpu"))
-
-
-def _check_dtype(dtype: object) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32 or torch.float64), got {dtype!r}")
-    return dtype
-
-
 def _positive(value: object, name: str, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -62,7 +54,7 @@ class Checkerboard:
 
     Cell (i, j) (column i along x_1, row j along x_2, 0-based from the lower-left corner) is
     [-h + i w, -h + (i + 1) w] x [-h + j w, -h + (j + 1) w] with w = 2 h / n; the support is the
-    cells with i + j even, each with equal mass. B25 (digest 5.1) ships two samplers:
+    cells with i + j even, each with equal mass. B25's released code (two copies of its checkerboard sampler) has two:
 
     * ``variant="unit"`` (h = 1, n = 4): "uniform on [-1, 1]^2 with a 4x4 grid, (i + j) even";
     * ``variant="realnvp"`` (h = 4, n = 4): x_1 ~ U[-2, 2], x_2 ~ U[0, 1] - 2 Bernoulli(1/2) +
@@ -92,8 +84,7 @@ class Checkerboard:
 
     def sample(self, n, generator=None, *, dtype=torch.float32, device=None):
         """x = -h + w (cell + U[0, 1]^2), cell uniform over the black cells; (n, 2)."""
-        check_positive_int(n, "n")
-        dtype, dev = _check_dtype(dtype), _device(generator, device)
+        n, dtype, dev = check_sampling_args(n, generator, dtype, device)
         k = torch.randint(len(self._cells), (n,), generator=generator, device=dev)
         u = torch.rand(n, 2, generator=generator, dtype=dtype, device=dev)
         w = 2.0 * self.half_width / self.n_squares
@@ -118,23 +109,20 @@ class EightGaussians:
 
     def means(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
         """(n_modes, 2) mode centres r (cos 2 pi k / K, sin 2 pi k / K)."""
+        check_floating_dtype(dtype)
+        device = None if device is None else check_device(device)
         ang = 2.0 * math.pi * torch.arange(self.n_modes, dtype=torch.float64) / self.n_modes
         return (self.radius * torch.stack([ang.cos(), ang.sin()], dim=-1)).to(dtype=dtype, device=device)
 
     def sample(self, n, generator=None, *, dtype=torch.float32, device=None):
         """x = mu_k + std z, k uniform, z ~ N(0, I); (n, 2)."""
-        check_positive_int(n, "n")
-        dtype, dev = _check_dtype(dtype), _device(generator, device)
+        n, dtype, dev = check_sampling_args(n, generator, dtype, device)
         k = torch.randint(self.n_modes, (n,), generator=generator, device=dev)
         z = torch.randn(n, 2, generator=generator, dtype=dtype, device=dev)
         return self.means(dtype, dev)[k] + self.std_mode * z
 
     def as_flow(self):
         """The same law as a ``workbench.flows.GaussianMixtureFlow`` (exact velocity, ODE map)."""
-        try:
-            from ..flows.gmm import GaussianMixtureFlow
-        except ImportError as err:  # pragma: no cover - depends on the flows layer
-            raise ValueError("as_flow needs workbench.flows.GaussianMixtureFlow, which is not available") from err
         k = self.n_modes
         covs = torch.eye(2, dtype=torch.float64).expand(k, 2, 2) * self.std_mode**2
         return GaussianMixtureFlow(torch.full((k,), 1.0 / k, dtype=torch.float64), self.means(), covs)
@@ -160,8 +148,7 @@ class TwoMoons:
         self.dim = 2
 
     def sample(self, n, generator=None, *, dtype=torch.float32, device=None):
-        check_positive_int(n, "n")
-        dtype, dev = _check_dtype(dtype), _device(generator, device)
+        n, dtype, dev = check_sampling_args(n, generator, dtype, device)
         theta = math.pi * torch.rand(n, generator=generator, dtype=dtype, device=dev)
         lower = torch.rand(n, generator=generator, device=dev) < 0.5
         c, s = theta.cos(), theta.sin()
@@ -200,8 +187,7 @@ class Rings:
         self.dim = 2
 
     def sample(self, n, generator=None, *, dtype=torch.float32, device=None):
-        check_positive_int(n, "n")
-        dtype, dev = _check_dtype(dtype), _device(generator, device)
+        n, dtype, dev = check_sampling_args(n, generator, dtype, device)
         w = torch.tensor(self.weights, dtype=torch.float64, device=dev)
         j = torch.multinomial(w, n, replacement=True, generator=generator)
         phi = 2.0 * math.pi * torch.rand(n, generator=generator, dtype=dtype, device=dev)
@@ -215,10 +201,6 @@ class Rings:
         """``workbench.flows.RingsFlow`` of the same law (noise must be 0)."""
         if self.noise > 0:
             raise ValueError("Rings with noise > 0 have no closed-form flow; use noise=0")
-        try:
-            from ..flows.rings import RingsFlow
-        except ImportError as err:  # pragma: no cover - depends on the flows layer
-            raise ValueError("as_flow needs workbench.flows.RingsFlow, which is not available") from err
         return RingsFlow(list(self.radii), list(self.weights))
 
     def __repr__(self) -> str:
@@ -229,15 +211,13 @@ class FlowData:
     """Any analytic flow as a data source: samples its data law (the t = 1 marginal)."""
 
     def __init__(self, flow: object, name: str | None = None) -> None:
-        if not (hasattr(flow, "sample_data") and hasattr(flow, "dim")):
-            raise TypeError(f"flow must provide sample_data(n, generator, dtype=, device=) and dim, got {type(flow).__name__}")
+        check_implements(flow, DataSampler, "flow")
         self.flow = flow
         self.dim = int(flow.dim)
         self.name = name or type(flow).__name__
 
     def sample(self, n, generator=None, *, dtype=torch.float32, device=None):
-        check_positive_int(n, "n")
-        dtype, dev = _check_dtype(dtype), _device(generator, device)
+        n, dtype, dev = check_sampling_args(n, generator, dtype, device)
         return self.flow.sample_data(n, generator, dtype=dtype, device=dev)
 
     def as_flow(self):

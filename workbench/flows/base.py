@@ -14,7 +14,7 @@ import torch
 
 from ..core.times import broadcast_time, expand_as_state
 from ..core.tolerances import eps
-from ..core.validation import check_positive_int, check_state, value_checks_enabled
+from ..core.validation import check_sampling_args, check_state, value_checks_enabled
 from .interpolants import Interpolant, get_interpolant
 
 #: how far short of t = 1 sampling and evaluation stop for flows singular at the data end
@@ -94,11 +94,10 @@ class AnalyticFlow:
         dtype: torch.dtype = torch.float64,
         device: str | torch.device | None = None,
     ) -> torch.Tensor:
-        """n samples of p_t = law(alpha_t x0 + beta_t x1), shape (n, dim)."""
-        check_positive_int(n, "n")
-        if device is None:
-            device = generator.device if generator is not None else "cpu"
-        x1 = self.sample_data(n, generator, dtype=dtype, device=device)
+        """n samples of p_t = law(alpha_t x0 + beta_t x1), shape (n, dim), in ``dtype`` on ``device`` (default:
+        the generator's device, else CPU); every random number comes from ``generator``."""
+        n, dtype, dev = check_sampling_args(n, generator, dtype, device)
+        x1 = self._sample_data(n, generator, dtype, dev)
         z = torch.randn(x1.shape, dtype=dtype, device=x1.device, generator=generator)
         tb = broadcast_time(t, x1, "t")
         te = expand_as_state(tb, x1)
@@ -111,8 +110,11 @@ class AnalyticFlow:
         *,
         dtype: torch.dtype = torch.float64,
         device: str | torch.device | None = None,
-    ) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
+    ) -> torch.Tensor:
+        """n samples of the data law p_1 (the law of x1), shape (n, dim), in ``dtype`` on ``device``
+        (default: the generator's device, else CPU)."""
+        n, dtype, dev = check_sampling_args(n, generator, dtype, device)
+        return self._sample_data(n, generator, dtype, dev)
 
     # -- to be supplied -------------------------------------------------------------------------
     def _velocity(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -122,6 +124,10 @@ class AnalyticFlow:
         raise NotImplementedError
 
     def _log_prob(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _sample_data(self, n: int, generator: torch.Generator | None, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self) -> str:

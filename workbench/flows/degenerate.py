@@ -7,9 +7,11 @@ can be handed to objectives, identity residuals and detectors as if it were a tr
 Its ``velocity(t, x)`` is always its OWN tangent d/dt X_{s,t}(x)|_{t=s} (the model's diagonal), not
 the reference flow's b_t: a model's diagonal and its tangent are the same thing, so e.g. the
 flow map of a wrong field is self-consistent (semigroup, Lagrangian/Eulerian w.r.t. its own
-velocity) while its tangent residual against the reference b_t is O(1) (K26 section 3, D3).
+velocity) while its tangent residual against the reference b_t is O(1) (a fixed point of the
+self-distillation objectives K26 analyses; D3 in this project's catalogue).
 
-Closed forms are from analytic_flows.md section 5 (table R3), written for any interpolant
+Closed forms (derived and tabulated with measured residuals in docs/flows_degenerate_maps.md), written
+for any interpolant
 I_t = alpha_t x0 + beta_t x1 with m_t = beta_t mu and C_t = alpha_t^2 I + beta_t^2 Sigma:
 
 | factory                | X_{s,t}(x)                                      | own velocity (tangent)            |
@@ -22,7 +24,7 @@ I_t = alpha_t x0 + beta_t x1 with m_t = beta_t mu and C_t = alpha_t^2 I + beta_t
 | other_data_flow        | flow of N(mu', Sigma') (default diag Sigma)     | b'_t(x)                           |
 | mean_shift             | x + m_t - m_s                                   | m'_t = beta'_t mu                 |
 | euler_step             | x + (t - s) b_s(x)                              | b_t(x)                            |
-| denoiser_step          | (alpha_t/alpha_s)(x - beta_s D_s(x)) + beta_t D_s(x) | b_t(x) (by G1)              |
+| denoiser_step          | (alpha_t/alpha_s)(x - beta_s D_s(x)) + beta_t D_s(x) | b_t(x) (by T1)              |
 | time_oscillation       | X_{s,t}(x - eps sin(w s) e) + eps sin(w t) e    | b_t(x - eps sin(w t) e)           |
 |                        |                                                 |   + eps w cos(w t) e              |
 | time_warped_flow       | X_{theta(s), theta(t)}(x), theta(t) = t + c t (1 - t) | theta'(t) b_{theta(t)}(x)   |
@@ -41,6 +43,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..core.contract import Flow, InterpolantFlow, check_implements
 from ..core.times import broadcast_time, expand_as_state
 from ..core.validation import check_state
 from .gaussian import GaussianFlow
@@ -110,14 +113,11 @@ class DegenerateMap(nn.Module):
 
 # -- helpers ----------------------------------------------------------------------------------------
 def _require_flow(flow: object) -> None:
-    if not (hasattr(flow, "flow_map") and hasattr(flow, "velocity") and hasattr(flow, "dim")):
-        raise TypeError(f"flow must implement velocity(t, x), flow_map(s, t, x) and dim, got {type(flow).__name__}")
+    check_implements(flow, Flow, "flow")
 
 
 def _require_interpolant(flow: object) -> None:
-    _require_flow(flow)
-    if not hasattr(flow, "interpolant"):
-        raise TypeError(f"flow must carry an interpolant (alpha_t, beta_t), got {type(flow).__name__}")
+    check_implements(flow, InterpolantFlow, "flow")
 
 
 def _require_gaussian(flow: object, what: str) -> None:
@@ -147,10 +147,11 @@ def _coef(flow, t: torch.Tensor, x: torch.Tensor):
 
 def _posterior_mean(flow, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """D_t(x) = E[x1 | I_t = x]: the flow's ``denoiser`` if it has one, else the inversion of
-    b_t = (alpha'/alpha) x + (beta' - alpha' beta / alpha) D_t (digest G1), i.e.
+    b_t = (alpha'/alpha) x + (beta' - alpha' beta / alpha) D_t (relation T1 of docs/flows_analytic.md), i.e.
     D_t = (alpha_t b_t(x) - alpha'_t x) / (alpha_t beta'_t - alpha'_t beta_t)."""
-    if hasattr(flow, "denoiser"):
-        return flow.denoiser(t, x)
+    denoiser = getattr(flow, "denoiser", None)  # optional: Gaussian mixtures have it in closed form
+    if denoiser is not None:
+        return denoiser(t, x)
     a, b, da, db = _coef(flow, t, x)
     return (a * flow.velocity(t, x) - da * x) / (a * db - da * b)
 
@@ -178,7 +179,7 @@ def _solve_lower(L: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 # -- factories --------------------------------------------------------------------------------------
 def identity_map(flow: object) -> DegenerateMap:
-    """X_{s,t}(x) = x: the flow of b = 0, a fixed point of every self-distillation loss (K26 D1)."""
+    """X_{s,t}(x) = x: the flow of b = 0, a fixed point of every self-distillation loss (K26; D1)."""
     _require_flow(flow)
     return DegenerateMap("identity", flow, lambda s, t, x: x.clone(), lambda t, x: torch.zeros_like(x),
                          ("identity", "semigroup"), "flow of the zero field")
@@ -213,7 +214,7 @@ def constant_collapse(flow: object, c: object = None) -> DegenerateMap:
 
 
 def cholesky_transport(flow: GaussianFlow) -> DegenerateMap:
-    """X_{s,t}(x) = m_t + L_t L_s^{-1} (x - m_s) with L_t = chol(C_t) (digest b, "which square root").
+    """X_{s,t}(x) = m_t + L_t L_s^{-1} (x - m_s) with L_t = chol(C_t) (docs/flows_analytic.md 2.2, "which square root").
 
     Right marginals p_t, X_{t,t} = id, semigroup and Jacobian determinant, yet not the flow unless
     Sigma is diagonal: its tangent L'_t L_t^{-1} is lower triangular while A_t = C'_t C_t^{-1} / 2
@@ -248,7 +249,7 @@ def wrong_schedule(flow: object) -> DegenerateMap:
     """The flow of the same data under the other schedule (trig <-> linear), read in this clock.
 
     X_{t,t} = id, semigroup and (for Gaussian data) X_{0,1} = mu + Sigma^{1/2} x are unchanged;
-    intermediate marginals and the tangent are wrong (digest section 5, lesson 4).
+    intermediate marginals and the tangent are wrong (endpoint-only metrics are blind to it).
     """
     _require_interpolant(flow)
     other = TrigInterpolant() if isinstance(flow.interpolant, LinearInterpolant) else LinearInterpolant()
@@ -259,7 +260,7 @@ def wrong_schedule(flow: object) -> DegenerateMap:
 def other_data_flow(flow: GaussianFlow, mean: object = None, cov: object = None) -> DegenerateMap:
     """The exact flow of other Gaussian data N(mean, cov) (default mean: the same, cov: diag Sigma).
 
-    A self-consistent map of the wrong velocity field (K26 D3): identity, semigroup, Lagrangian and
+    A self-consistent map of the wrong velocity field (K26; D3): identity, semigroup, Lagrangian and
     Eulerian hold for its own velocity b'_t, the tangent against the reference b_t does not.
     """
     _require_gaussian(flow, "other_data_flow")
@@ -292,16 +293,16 @@ def euler_step(flow: object) -> DegenerateMap:
 
 
 def denoiser_step(flow: object) -> DegenerateMap:
-    """One DDIM-type step through the posterior mean (the one-step CT minimiser, K26 D2):
+    """One DDIM-type step through the posterior mean (the one-step consistency-training minimiser K26 discusses; D2):
 
     X_{s,t}(x) = (alpha_t / alpha_s)(x - beta_s D_s(x)) + beta_t D_s(x),  D_s(x) = E[x1 | I_s = x],
 
     i.e. estimate (x0, x1) by their posterior means at s and re-interpolate at t, so X_{s,1} = D_s
-    (x goes to the posterior mean at t = 1; X_{0,1} = E[x1]). X_{t,t} = id and, by digest G1, the
+    (x goes to the posterior mean at t = 1; X_{0,1} = E[x1]). X_{t,t} = id and, by relation T1, the
     tangent (alpha'_s/alpha_s)(x - beta_s D_s) + beta'_s D_s = b_s(x) is exact; the semigroup is
     broken unless D is affine in the right way (it is exact for a point mass). For the linear
     schedule it coincides with :func:`euler_step` (DDIM = Euler there); for trig it does not.
-    D_s is the flow's ``denoiser`` when it has one, else obtained from b_s by inverting G1.
+    D_s is the flow's ``denoiser`` when it has one, else obtained from b_s by inverting T1 (docs/flows_analytic.md 1.1).
     Needs alpha_s > 0.
     """
     _require_interpolant(flow)
@@ -320,7 +321,7 @@ def denoiser_step(flow: object) -> DegenerateMap:
 
 def time_oscillation(flow: object, amplitude: float = 0.02, frequency: float = 8.0,
                      direction: object = None) -> DegenerateMap:
-    """The true map conjugated by a small fast translation phi_t(x) = x + eps sin(w t) e (K26 D7):
+    """The true map conjugated by a small fast translation phi_t(x) = x + eps sin(w t) e (K26; D7, the time-oscillation pathology):
 
     X_{s,t}(x) = X_{s,t}(x - eps sin(w s) e) + eps sin(w t) e,   w = 2 pi frequency, |e| = 1.
 
@@ -370,7 +371,7 @@ def time_warped_flow(flow: object, strength: float = 0.5) -> DegenerateMap:
 
 
 def degenerate_maps(flow: object) -> dict[str, DegenerateMap]:
-    """Every degenerate map that applies to ``flow``, by name (the rows of table R3 first, in its order)."""
+    """Every degenerate map that applies to ``flow``, by name (the rows of the table in docs/flows_degenerate_maps.md first, in its order)."""
     _require_interpolant(flow)
     known_mean = isinstance(flow, (GaussianFlow, PointMassFlow))
     out: dict[str, DegenerateMap] = {"identity": identity_map(flow),

@@ -90,8 +90,7 @@ class GaussianFlow(AnalyticFlow):
         y = (x - ip.beta(t)[:, None] * mu) @ U
         return -0.5 * (self.dim * math.log(2 * math.pi) + torch.log(c).sum(-1) + (y * y / c).sum(-1))
 
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
+    def _sample_data(self, n, generator, dtype, device):
         z = torch.randn(n, self.dim, dtype=dtype, device=device, generator=generator)
         U = self.eigvecs.to(dtype=dtype, device=device)
         lam = self.eigvals.to(dtype=dtype, device=device)

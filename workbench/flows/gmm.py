@@ -1,6 +1,6 @@
 """Data = a Gaussian mixture sum_k pi_k N(mu_k, Sigma_k): closed-form velocity, ODE flow map.
 
-Digest ``analytic_flows.md`` section c. With C_k(t) = alpha_t^2 I + beta_t^2 Sigma_k:
+Derivation in docs/flows_analytic.md 2.3. With C_k(t) = alpha_t^2 I + beta_t^2 Sigma_k:
 
     p_t(x)   = sum_k pi_k N(x; beta_t mu_k, C_k(t))
     r_k(t,x) = pi_k N(x; beta_t mu_k, C_k) / p_t(x)                   (softmax of the log terms)
@@ -26,7 +26,7 @@ import math
 import torch
 
 from ..core.times import broadcast_time, expand_as_state
-from ..core.validation import check_positive_int, check_probability_vector, check_state
+from ..core.validation import check_probability_vector, check_state
 from .base import AnalyticFlow, as_param
 from .ode import ODESolution, check_tolerances, default_tolerances, solve_flow
 
@@ -207,10 +207,8 @@ class GaussianMixtureFlow(AnalyticFlow):
         return self.flow_solution(s, t, x, jacobian=True).jacobian
 
     # -- sampling ---------------------------------------------------------------------------------
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
+    def _sample_data(self, n, generator, dtype, device):
         """n samples of the mixture, shape (n, dim): k ~ Categorical(weights), x1 = mu_k + U_k sqrt(lam_k) z."""
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
-        check_positive_int(n, "n")
         w = torch.exp(self._logw).to(device=device)
         k = torch.multinomial(w, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=dtype, device=device, generator=generator)

@@ -3,7 +3,9 @@
 Each function returns a (batch,) tensor of Euclidean residual norms (log-density residuals are
 scalars per point), so callers can map them over (s, t) grids. Derivatives use forward-mode AD
 (``torch.func.jvp``) by default, or central finite differences (``method="fd"``) as a twin.
-References: analytic_flows.md G2 and section 4 (P1-P8); B25 digest section 1.3-1.4.
+The identities are B25's characterisations of the flow map (the tangent condition, and the Lagrangian,
+Eulerian and semigroup properties), plus the inverse and the change of variables; the derivations and
+the regions where they are ill-conditioned are in docs/flows_analytic.md (sections 1.2 and 3).
 
 | identity          | residual                                                   |
 |-------------------|------------------------------------------------------------|
@@ -24,10 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.contract import Flow
+from ..core.contract import Density, Flow, check_implements
 from ..core.derivatives import directional_derivative
 from ..core.times import broadcast_time
-from ..core.validation import check_state, check_tensor
+from ..core.validation import check_generator, check_state, check_tensor
 
 
 def _norm(r: torch.Tensor) -> torch.Tensor:
@@ -35,7 +37,8 @@ def _norm(r: torch.Tensor) -> torch.Tensor:
 
 
 def _prep(flow: Flow, x: torch.Tensor, **times: object) -> tuple[torch.Tensor, ...]:
-    x = check_state(x, getattr(flow, "dim", None))
+    check_implements(flow, Flow, "flow")
+    x = check_state(x, flow.dim)
     return (x,) + tuple(broadcast_time(v, x, k) for k, v in times.items())
 
 
@@ -120,9 +123,9 @@ def change_of_variables_residual(flow: Flow, s: object, t: object, x: torch.Tens
     ``log_prob(t, x)`` defaults to the flow's own; pass a reference density for a model.
     """
     x, sb, tb = _prep(flow, x, s=s, t=t)
-    lp = log_prob if log_prob is not None else getattr(flow, "log_prob", None)
-    if lp is None:
-        raise TypeError("change_of_variables_residual needs log_prob: the flow has none, pass log_prob=")
+    if log_prob is None and not isinstance(flow, Density):
+        raise TypeError("change_of_variables_residual needs log_prob: the flow has none (it is no Density), pass log_prob=")
+    lp = log_prob if log_prob is not None else flow.log_prob
     J = flow_jacobian(flow, sb, tb, x, method=method, eps=eps)
     _, logdet = torch.linalg.slogdet(J)
     return lp(tb, flow.flow_map(sb, tb, x)) + logdet - lp(sb, x)
@@ -146,7 +149,9 @@ def pushforward_test(flow: Flow, s: object, t: object, x_s: torch.Tensor, y_t: t
                      n_permutations: int = 200, generator: torch.Generator | None = None) -> TwoSampleResult:
     """Is X_{s,t} # p_s = p_t? Energy statistic between X_{s,t}(x_s) and fresh samples y_t of p_t,
     with a permutation p-value (small p: the push-forward differs from p_t)."""
-    x_s = check_state(x_s, getattr(flow, "dim", None), "x_s")
+    check_implements(flow, Flow, "flow")
+    check_generator(generator)
+    x_s = check_state(x_s, flow.dim, "x_s")
     y_t = check_tensor(y_t, "y_t")
     if y_t.ndim != 2 or y_t.shape[1] != x_s.shape[1]:
         raise ValueError(f"y_t must have shape (m, {x_s.shape[1]}), got {tuple(y_t.shape)}")
@@ -178,6 +183,6 @@ def identity_report(flow: Flow, s: float, t: float, x: torch.Tensor, *, u: float
         "semigroup": float(semigroup_residual(flow, s, u, t, x).max()),
         "inverse": float(inverse_residual(flow, s, t, x).max()),
     }
-    if hasattr(flow, "log_prob"):
+    if isinstance(flow, Density):
         out["change_of_variables"] = float(change_of_variables_residual(flow, s, t, x, method=method).abs().max())
     return out

@@ -1,15 +1,19 @@
 """Data = a 1-D Gaussian mixture sum_k pi_k N(mu_k, sigma_k^2): closed-form flow map F_t^{-1}(F_s(x)).
 
-Digest ``analytic_flows.md`` section d. With m_k = beta_t mu_k, s_k(t) = sqrt(alpha_t^2 + beta_t^2 sigma_k^2)
+Derivation in docs/flows_analytic.md 2.4. With m_k = beta_t mu_k, s_k(t) = sqrt(alpha_t^2 + beta_t^2 sigma_k^2)
 and z_k = (x - m_k) / s_k:
 
     F_t(x) = sum_k pi_k Phi(z_k),        p_t(x) = sum_k pi_k phi(z_k) / s_k
     b_t(x) = sum_k r_k [beta'_t mu_k + gamma_k (x - beta_t mu_k)],   gamma_k = (alpha alpha' + beta beta' sigma_k^2) / s_k^2
     X_{s,t}(x) = F_t^{-1}(F_s(x))                                    (1-D trajectories cannot cross)
 
-with posterior weights r_k = pi_k phi(z_k) / (s_k p_t(x)) (digest section c, isotropic components).
-The inverse works in log space: log F when F_s(x) <= 1/2, else log S with S = 1 - F from
-``log_ndtr(-z)``, so the far tails keep full relative accuracy. The root is bracketed by
+with posterior weights r_k = pi_k phi(z_k) / (s_k p_t(x)) (the Gaussian-mixture velocity with isotropic
+components).
+The inverse transports the level F_s(x) as an offset from the component boundary next to it
+(``cdf_inversion.cdf_level``: the components whose median lies below x count as inner, and the
+offset is their mass above x against the others' mass below x, each a log-space tail), so neither
+the far tails nor the gaps between narrow components lose the level to rounding; levels below
+exp(-1e306) are refused (ValueError). The root is bracketed by
 [min_k (m_k + s_k q), max_k (m_k + s_k q)], q = Phi^{-1}(u) (F_t is a convex combination of the
 component CDFs), and found by a vectorised safeguarded Newton iteration (Newton with bisection
 fallback, ``safeguarded_newton``) in float64, to about one ulp.
@@ -29,7 +33,6 @@ a start time); X_{s,1} is still defined (it sends intervals onto the atoms, deri
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -37,82 +40,22 @@ from ..core.times import broadcast_time
 from ..core.tolerances import eps
 from ..core.validation import check_probability_vector, check_state, value_checks_enabled
 from .base import AnalyticFlow, as_param
+from .cdf_inversion import (
+    LOG_HALF,
+    cdf_level,
+    check_level_resolved,
+    level_residual,
+    log1mexp,
+    ndtri_exp,
+    safeguarded_newton,
+)
 
-LOG_HALF = -math.log(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def log1mexp(a: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(a)) for a <= 0, accurate on both sides of a = -log 2 (Maechler 2012)."""
-    return torch.where(a > LOG_HALF, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
-
-
-def ndtri_exp(log_u: torch.Tensor) -> torch.Tensor:
-    """q = Phi^{-1}(exp(log_u)) for log_u <= log(1/2), also where exp(log_u) underflows.
-
-    ``ndtri(exp(log_u))`` where that is representable, else Newton on log_ndtr(q) = log_u from the
-    asymptotic start q = -sqrt(-2 log_u) (log Phi(q) ~ -q^2/2 - log(-q sqrt(2 pi)) as q -> -inf).
-    """
-    tiny = math.log(torch.finfo(log_u.dtype).tiny) + 10.0
-    direct = torch.special.ndtri(torch.exp(log_u.clamp_min(tiny)))
-    q = -torch.sqrt(-2.0 * log_u.clamp_max(tiny))
-    for _ in range(8):
-        lphi = torch.special.log_ndtr(q)
-        mills = torch.exp(-0.5 * q * q - _LOG_SQRT_2PI - lphi)  # phi(q) / Phi(q)
-        q = q - (lphi - log_u.clamp_max(tiny)) / mills
-    return torch.where(log_u > tiny, direct, q)
-
-
-def safeguarded_newton(
-    fun: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    *,
-    atol: torch.Tensor | float = 0.0,
-    rtol: float | None = None,
-    ftol: torch.Tensor | float = 0.0,
-    max_iter: int = 200,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elementwise root of an increasing function f on brackets [lo, hi] (f(lo) <= 0 <= f(hi)).
-
-    ``fun(y) -> (f(y), f'(y))``. Each step is Newton's, replaced by bisection when it leaves the
-    current bracket, does not move, or (while above the tolerance) does not halve the previous step
-    (rtsafe); the bracket shrinks with the sign of f. An element stops when its bracket is below
-    tol = rtol |y| + atol (rtol default 4 eps), when |f| <= ftol (the rounding level of f), or when
-    its Newton step is below tol while |f| <= sqrt(eps) (a tiny step next to a jump of f, e.g. an
-    atom, is no evidence of a root). Returns (y, converged). With value checks disabled (under
-    ``torch.func.vmap``) it runs ``max_iter`` steps without data-dependent early exit.
-    """
-    rtol = 4.0 * eps(lo.dtype) if rtol is None else rtol
-    f_conv = math.sqrt(eps(lo.dtype))
-    lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
-    y = 0.5 * (lo + hi)
-    step_old = hi - lo
-    done = torch.zeros_like(y, dtype=torch.bool)
-    early_exit = value_checks_enabled()
-    for _ in range(max_iter):
-        f, df = fun(y)
-        lo = torch.where(f <= 0, y, lo)
-        hi = torch.where(f >= 0, y, hi)
-        newton = y - f / df
-        tol = rtol * y.abs() + atol
-        f_ok = f.abs() <= f_conv
-        step_newton = (newton - y).abs()
-        moving = step_newton > 0
-        use_newton = (
-            torch.isfinite(newton) & (newton >= lo) & (newton <= hi) & moving
-            & ((f_ok & (step_newton <= 8 * tol)) | (step_newton <= 0.5 * step_old.abs()))
-        )
-        done = done | (f.abs() <= ftol) | (f_ok & ((step_newton <= tol) | ~moving))
-        y_new = torch.where(use_newton, newton, 0.5 * (lo + hi))
-        step = y_new - y
-        y_new = torch.where(done, y, y_new)
-        step_old = torch.where(done, step_old, step)
-        done = done | ((hi - lo) <= tol)
-        y = y_new
-        if early_exit and bool(done.all()):
-            break
-    return y, done
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for half precision (torch has no log_ndtr below float32; the result is cast back)."""
+    return torch.float64 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class Mixture1DFlow(AnalyticFlow):
@@ -150,21 +93,25 @@ class Mixture1DFlow(AnalyticFlow):
         var = ip.alpha(te) ** 2 + ip.beta(te) ** 2 * sd**2
         return log_pi, ip.beta(te) * mu, torch.sqrt(var.clamp_min(torch.finfo(like.dtype).tiny))
 
-    def _log_cdf_sf_pdf(self, t: torch.Tensor, y: torch.Tensor):
-        """(log F_t(y), log S_t(y), log p_t(y)) for y of shape (B,)."""
+    def _component_terms(self, t: torch.Tensor, y: torch.Tensor):
+        """(log pi_k F_k(y), log pi_k S_k(y), log pi_k p_k(y), z_k) per component, each (B, K), y (B,)."""
         log_pi, m, s = self._components(t, y)
         z = (y[:, None] - m) / s
-        log_F = torch.logsumexp(log_pi + torch.special.log_ndtr(z), -1)
-        log_S = torch.logsumexp(log_pi + torch.special.log_ndtr(-z), -1)
-        log_p = torch.logsumexp(log_pi - 0.5 * z * z - _LOG_SQRT_2PI - torch.log(s), -1)
-        return log_F, log_S, log_p
+        return (log_pi + torch.special.log_ndtr(z), log_pi + torch.special.log_ndtr(-z),
+                log_pi - 0.5 * z * z - _LOG_SQRT_2PI - torch.log(s), z)
+
+    def _log_cdf_sf_pdf(self, t: torch.Tensor, y: torch.Tensor):
+        """(log F_t(y), log S_t(y), log p_t(y)) for y of shape (B,)."""
+        log_F, log_S, log_p, _ = self._component_terms(t, y)
+        return torch.logsumexp(log_F, -1), torch.logsumexp(log_S, -1), torch.logsumexp(log_p, -1)
 
     def log_cdf(self, t: object, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log F_t(x), log S_t(x)) with S = 1 - F, each of shape (batch,); x (batch, 1)."""
         x = check_state(x, 1)
         tb = broadcast_time(t, x, "t")
-        log_F, log_S, _ = self._log_cdf_sf_pdf(tb, x[:, 0])
-        return log_F, log_S
+        wide = _working_dtype(x.dtype)
+        log_F, log_S, _ = self._log_cdf_sf_pdf(tb.to(wide), x[:, 0].to(wide))
+        return log_F.to(x.dtype), log_S.to(x.dtype)
 
     # -- contract -------------------------------------------------------------------------------
     def _velocity(self, t, x):
@@ -178,7 +125,8 @@ class Mixture1DFlow(AnalyticFlow):
         return (r * b_k).sum(-1, keepdim=True)
 
     def _log_prob(self, t, x):
-        return self._log_cdf_sf_pdf(t, x[:, 0])[2]
+        wide = _working_dtype(x.dtype)
+        return self._log_cdf_sf_pdf(t.to(wide), x[:, 0].to(wide))[2].to(x.dtype)
 
     def _flow_map(self, s, t, x):
         if self.singular_at_data and value_checks_enabled():
@@ -205,10 +153,15 @@ class Mixture1DFlow(AnalyticFlow):
         return y.to(x.dtype)[:, None]
 
     def _solve(self, s: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The root y* of L_t(y) = L_s(x) in float64 (no gradient)."""
-        log_F_s, log_S_s, _ = self._log_cdf_sf_pdf(s, x)
-        upper = log_F_s > LOG_HALF
-        target = torch.where(upper, log_S_s, log_F_s)
+        """The root y* of F_t(y) = F_s(x) in float64 (no gradient), with the level F_s(x) split at the
+        components whose median lies below x (``cdf_inversion.cdf_level``: no cancellation between
+        well-separated components)."""
+        log_F_k, log_S_k, _, z = self._component_terms(s, x)
+        log_pi = self._params(x)[0]
+        level = cdf_level(log_F_k, log_S_k, log_pi, z > 0)
+        check_level_resolved(level, "Mixture1DFlow", "|x| more than ~1e153 component widths from every component")
+        upper = level.log_F > LOG_HALF
+        target = torch.where(upper, level.log_S, level.log_F)
         sign = torch.where(upper, -1.0, 1.0).to(x.dtype)
         q = sign * ndtri_exp(target.clamp_max(LOG_HALF))
         _, m, sd = self._components(t, x)
@@ -219,12 +172,12 @@ class Mixture1DFlow(AnalyticFlow):
         lo, hi = lo - pad, hi + pad
 
         def fun(y):
-            log_F, log_S, log_p = self._log_cdf_sf_pdf(t, y)
-            f = torch.where(upper, target - log_S, log_F - target)
-            df = torch.exp(log_p - torch.where(upper, log_S, log_F))
-            return f, df
+            F_k, S_k, p_k, _ = self._component_terms(t, y)
+            f, log_df = level_residual(level, F_k, S_k, p_k)
+            return f, torch.exp(log_df)
 
-        ftol = 4 * eps(x.dtype) * (1 + target.abs())
+        # f is a difference of logs, each good to a few eps of its magnitude: noise below 16 eps (1 + |log D|)
+        ftol = 16 * eps(x.dtype) * (1 + level.scale)
         y, done = safeguarded_newton(fun, lo, hi, atol=eps(x.dtype) * scale, ftol=ftol)
         if value_checks_enabled() and not bool(done.all()):
             raise RuntimeError(
@@ -233,8 +186,7 @@ class Mixture1DFlow(AnalyticFlow):
             )
         return y
 
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
+    def _sample_data(self, n, generator, dtype, device):
         k = torch.multinomial(self._w.to(device=device), n, replacement=True, generator=generator)
         z = torch.randn(n, dtype=dtype, device=device, generator=generator)
         mu, sd = self._mu.to(dtype=dtype, device=device), self._sd.to(dtype=dtype, device=device)

@@ -1,7 +1,7 @@
 """A batched adaptive ODE oracle for flow maps, in pure torch (CPU or CUDA, any float dtype).
 
-The flow map X_{s,t}(x) solves dx/du = b_u(x) from x at u = s to u = t (digest
-``analytic_flows.md`` G2, Lagrangian equation). Samples of a batch may carry different (s, t),
+The flow map X_{s,t}(x) solves dx/du = b_u(x) from x at u = s to u = t (the Lagrangian equation,
+docs/flows_analytic.md 1.2). Samples of a batch may carry different (s, t),
 with t < s allowed. They share one step sequence by integrating in a normalised time
 tau in [0, 1]:
 
@@ -17,7 +17,7 @@ Error norm: for every sample the weighted RMS over its components,
 the **largest** of these over the batch is <= 1, so every sample meets the tolerance (unlike a
 flattened solve_ivp, whose RMS runs over the whole batch).
 
-Variational equation (digest G2): with ``jacobian=True`` the solver also carries
+Variational equation (docs/flows_analytic.md 1.2): with ``jacobian=True`` the solver also carries
 J = grad X_{s,t}(x), d J/dtau = (t - s) grad b_u(y) J, J(0) = I, with grad b from one
 reverse-mode autograd pass per evaluation (``velocity_jacobian``). Then log det J integrates
 div b along the path and p_t(X) det J = p_s(x).
@@ -27,7 +27,10 @@ at rtol = atol = 1e-13 on Gaussian-mixture flows (K = 1, 3, an 8-mode ring of sd
 linear and trig schedules; forward, backward, to and from the data end; 64 points per solve) the
 measured relative error ``|A - B| / (1 + |B|)`` is <= 5e-12, i.e. >= 200x inside the promised
 1e-9 (rtol = 1e-10 measured <= 8.4e-11 at ~40% fewer steps). float32: rtol = atol = 1e-5.
-Failures raise :class:`ODESolverError` (step budget exhausted, step-size underflow, non-finite
+The promise is for well-conditioned maps: the global error is the local tolerance times the growth
+of perturbations along the path, which is unbounded next to the separatrix between two basins of a
+multimodal flow (X_{0,1} of gmm_8 stretches by >= 8e7 at points pulled back from its gaps; scipy's
+DOP853 at 1e-13 is no better there; docs/flows_oracle_notes.md). Failures raise :class:`ODESolverError` (step budget exhausted, step-size underflow, non-finite
 velocity); the oracle never returns NaN.
 """
 

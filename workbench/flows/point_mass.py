@@ -48,6 +48,5 @@ class PointMassFlow(AnalyticFlow):
         r2 = ((x - ip.beta(t)[:, None] * a) ** 2).sum(-1)
         return -0.5 * self.dim * torch.log(2 * math.pi * al**2) - r2 / (2 * al**2)
 
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
+    def _sample_data(self, n, generator, dtype, device):
         return self.a.to(dtype=dtype, device=device).expand(n, self.dim).clone()

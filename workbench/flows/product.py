@@ -1,6 +1,6 @@
 """Data = c + Q y with independent 1-D Gaussian-mixture coordinates y_i: closed-form rotated products.
 
-Digest ``analytic_flows.md`` section e1. With Q orthogonal, Q^T (I_t - beta_t c) = alpha_t (Q^T z) + beta_t y
+Derivation in docs/flows_analytic.md 2.5. With Q orthogonal, Q^T (I_t - beta_t c) = alpha_t (Q^T z) + beta_t y
 and Q^T z ~ N(0, I), so the coordinates are independent 1-D interpolants:
 
     b_t(x)     = beta'_t c + Q [b^i_t(xi_i)]_i,          xi = Q^T (x - beta_t c)
@@ -126,8 +126,8 @@ class ProductFlow(AnalyticFlow):
         xi = self._frame(t, x)
         return sum(f._log_prob(t, xi[:, i : i + 1]) for i, f in enumerate(self.factors))
 
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
-        y = torch.cat([f.sample_data(n, generator, dtype=dtype, device=device) for f in self.factors], -1)
+    def _sample_data(self, n, generator, dtype, device):
+        y = torch.cat([f._sample_data(n, generator, dtype, device) for f in self.factors], -1)
         Q, c = self.rotation.to(dtype=dtype, device=y.device), self.shift.to(dtype=dtype, device=y.device)
         return c + y @ Q.T
 

@@ -26,7 +26,7 @@ def _point_mass_2d(ip):
 def _gaussian_2d(ip):
     from .gaussian import GaussianFlow
 
-    # the correlated Gaussian of analytic_flows.md section 5 (table R3)
+    # the correlated Gaussian of the degenerate-map reference problem (docs/flows_degenerate_maps.md)
     return GaussianFlow([1.0, -1.0], [[1.0, 0.6], [0.6, 0.5]], interpolant=ip)
 
 
@@ -101,6 +101,8 @@ FLOW_INFO: dict[str, str] = {k: v[1] for k, v in _FACTORIES.items()}
 
 def make_flow(name: str, interpolant: object = None) -> AnalyticFlow:
     """A fresh instance of the named flow with the given interpolant (default linear)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, one of {', '.join(FLOW_NAMES)}; got {type(name).__name__} {name!r}")
     if name not in _FACTORIES:
         raise ValueError(f"unknown flow {name!r}; choose one of {', '.join(FLOW_NAMES)}")
     return _FACTORIES[name][0](interpolant)

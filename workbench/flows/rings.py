@@ -1,6 +1,6 @@
 """Data = uniform on concentric circles of radii R_j (weights pi_j) in 2-D: a closed-form radial map.
 
-Digest ``analytic_flows.md`` section e2. The base N(0, I_2) and the data are rotation invariant, so
+Derivation in docs/flows_analytic.md 2.6. The base N(0, I_2) and the data are rotation invariant, so
 p_t and b_t are radial and angles are preserved:
 
     X_{s,t}(x) = R_{s,t}(|x|) x / |x|,      R_{s,t} = G_t^{-1} o G_s,      G_t(r) = P(|I_t| <= r)
@@ -20,8 +20,11 @@ each hold ~1e-16 relative accuracy (checked against 40-digit mpmath series):
   the coordinate orthogonal to the offset), by Gauss-Hermite quadrature scaled to the curvature of
   the integrand (width about sqrt(b / a)); the survival function likewise.
 
-The inverse is a safeguarded Newton iteration in log r with rigorous brackets (p_t <= 1/(2 pi alpha^2);
-|Z + a e| <= |Z| + a). Derivatives use zero-valued terms with the closed-form coefficients
+The inverse transports the level G_s(r) as an offset from the ring boundary next to it
+(``cdf_inversion.cdf_level``: a point 21 alpha_s outside a ring keeps its tail mass of 1e-98 instead of
+being rounded onto the boundary between the rings' shares), by a safeguarded Newton iteration in
+log r with rigorous brackets (p_t <= 1/(2 pi alpha^2); |Z + a e| <= |Z| + a); levels below exp(-1e306)
+are refused (ValueError). Derivatives use zero-valued terms with the closed-form coefficients
 dR/dr = g_s(r) / g_t(R), dR/ds = -b_s(r) g_s(r) / g_t(R), dR/dt = b_t(R) (radial velocities), so
 autograd and ``torch.func.jvp`` give exact first derivatives (not second ones). X(0) = 0; at the
 origin X = c0 x with c0 = sqrt(p_s(0) / p_t(0)). t = 1 is singular (alpha_t <= 4 eps beta_t counts as
@@ -41,7 +44,17 @@ from ..core.times import broadcast_time
 from ..core.tolerances import eps
 from ..core.validation import check_probability_vector, check_tensor, value_checks_enabled
 from .base import AnalyticFlow, as_param
-from .mixture1d import LOG_HALF, log1mexp, ndtri_exp, safeguarded_newton
+from .cdf_inversion import (
+    LOG_HALF,
+    CdfLevel,
+    cdf_level,
+    check_level_resolved,
+    level_residual,
+    log1mexp,
+    mills_ratio,
+    ndtri_exp,
+    safeguarded_newton,
+)
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _SERIES_MAX_AB = 100.0  # a*b below which the Poisson series is used (quadrature holds 5e-16 above 50)
@@ -113,11 +126,6 @@ def _gauss_hermite(dtype, device):
     return _GH_CACHE[key]
 
 
-def _mills(z):
-    """phi(z) / Phi(z)."""
-    return torch.exp(-0.5 * z * z - 0.5 * _LOG_2PI - torch.special.log_ndtr(z))
-
-
 def _rice_quadrature(a, b, d):
     x, log_w = _gauss_hermite(a.dtype, a.device)
     a_, b_, d_ = a[:, None], b[:, None], d[:, None]
@@ -137,9 +145,9 @@ def _rice_quadrature(a, b, d):
         terms = log_w + torch.log(sig) - 0.5 * math.log(math.pi) + (1.0 - sig * sig) * x * x + lh
         return torch.logsumexp(terms, -1)
 
-    log_G = integral(1.0 + _mills(d) / b, True)
+    log_G = integral(1.0 + mills_ratio(d) / b, True)
     log_S = torch.logaddexp(
-        integral(torch.maximum(1.0 - _mills(-d) / b, 0.25 * a / b), False),
+        integral(torch.maximum(1.0 - mills_ratio(-d) / b, 0.25 * a / b), False),
         math.log(2.0) + torch.special.log_ndtr(-b),  # |y| > b lies outside the disc
     )
     small = log_G < LOG_HALF
@@ -229,15 +237,40 @@ class RingsFlow(AnalyticFlow):
         da, db, a1, b1 = ip.dalpha(t), ip.dbeta(t), ip.alpha(t), ip.beta(t)
         return torch.logsumexp(comp, -1), (da / a1) * r + (db - da * b1 / a1) * D_r
 
-    def _log_cdf(self, t: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log G_t(r), log S_t(r)) for r > 0 and alpha_t > 0, shapes (B,)."""
+    def _ring_log_cdf(self, t: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log pi_j G_j(r), log pi_j S_j(r)) per ring j (G_j the Rice CDF of ring j at time t, S_j = 1 - G_j)
+        for r > 0 and alpha_t > 0, shapes (B, J)."""
         R, log_pi, _ = self._params(r)
         al, be = self.interpolant.alpha(t)[:, None], self.interpolant.beta(t)[:, None]
         re = r[:, None]
         a = be * R / al
         log_b = (torch.log(re) - torch.log(al)).expand_as(a)
         log_G, log_S = rice_log_cdf(a, log_b, (re - be * R) / al)
-        return torch.logsumexp(log_pi + log_G, -1), torch.logsumexp(log_pi + log_S, -1)
+        return log_pi + log_G, log_pi + log_S
+
+    def _log_cdf(self, t: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log G_t(r), log S_t(r)) for r > 0 and alpha_t > 0, shapes (B,)."""
+        log_G, log_S = self._ring_log_cdf(t, r)
+        return torch.logsumexp(log_G, -1), torch.logsumexp(log_S, -1)
+
+    def _ring_log_density(self, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """log pi_j g_j(r) per ring, g_j(r) = (r / alpha^2) exp(-(r - beta R_j)^2 / 2 alpha^2) I0e(kappa_j) the
+        radial (Rice) density of ring j at time t; shape (B, J)."""
+        R, log_pi, _ = self._params(r)
+        ip, te, re = self.interpolant, t[:, None], r[:, None]
+        al, be = ip.alpha(te), ip.beta(te)
+        kappa = be * R * re / al**2
+        return (log_pi + torch.log(re) - 2 * torch.log(al) - (re - be * R) ** 2 / (2 * al**2)
+                + torch.log(torch.special.i0e(kappa)))
+
+    def _level(self, s: torch.Tensor, r: torch.Tensor) -> CdfLevel:
+        """G_s(r) split at the inner rings, those whose median lies below r (``cdf_inversion.cdf_level``);
+        G_j(r) decreases with R_j, so the inner rings are the first k = inner.sum(-1)."""
+        log_G, log_S = self._ring_log_cdf(s, r)
+        log_pi = self._params(r)[1]
+        level = cdf_level(log_G, log_S, log_pi, log_G - log_pi > LOG_HALF)
+        check_level_resolved(level, "RingsFlow", "|x| more than ~1e153 alpha_s from every ring")
+        return level
 
     def radial_log_cdf(self, t: object, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log G_t(r), log(1 - G_t(r))) with G_t(r) = P(|I_t| <= r); r (batch,) radii > 0, t < 1 (alpha_t > 0)."""
@@ -282,12 +315,17 @@ class RingsFlow(AnalyticFlow):
         return (scale[:, None] * x64).to(x.dtype)
 
     def _solve(self, s, t, r):
-        """(R*, dR/dr, dR/ds, dR/dt) in float64 without gradient; r > 0 (B,)."""
+        """(R*, dR/dr, dR/ds, dR/dt) in float64 without gradient; r > 0 (B,).
+
+        R* solves G_t(R) = G_s(r) as the level equation of ``cdf_inversion`` (the rings split at the same
+        inner set as at s) in v = log R: a level 1e-98 below a ring boundary c_k (a point 21 alpha_s
+        outside the inner ring) is transported as such instead of being rounded onto c_k.
+        """
         ip = self.interpolant
         R = self._params(r)[0]
-        log_G_s, log_S_s = self._log_cdf(s, r)
-        upper = log_G_s > LOG_HALF
-        L = torch.where(upper, log_S_s, log_G_s)
+        lev = self._level(s, r)
+        upper = lev.log_F > LOG_HALF
+        L = torch.where(upper, lev.log_S, lev.log_F)
         al, be = ip.alpha(t), ip.beta(t)
         singular = _at_data_end(al, be)
         al_ = torch.where(singular, torch.ones_like(al), al)
@@ -304,15 +342,14 @@ class RingsFlow(AnalyticFlow):
 
         def fun(v):
             rho = torch.exp(v)
-            log_G, log_S = self._log_cdf(t_, rho)
-            log_g = _LOG_2PI + v + self._radial(t_, rho)[0]
-            f = torch.where(upper, L - log_S, log_G - L)
-            return f, torch.exp(v + log_g - torch.where(upper, log_S, log_G))
+            log_G, log_S = self._ring_log_cdf(t_, rho)
+            f, log_df = level_residual(lev, log_G, log_S, self._ring_log_density(t_, rho))
+            return f, torch.exp(v + log_df)  # d/dv = rho d/drho
 
         # tighten with the Gaussian picture of one ring (radius ~ N(beta R_j, alpha^2) when alpha is small,
         # j the ring whose share of the mass holds the level), kept only where f confirms it brackets the
         # root: saves the ~20 linearly converging steps from afar near t = 1
-        j, q = self._ring_quantile(L, upper)
+        j, q = self._ring_quantile(lev)
         rho_c = be * R[j] + al_ * q
         tiny = torch.finfo(r.dtype).tiny
         lo_c = torch.log((rho_c - 4.0 * al_).clamp_min(tiny))
@@ -322,8 +359,8 @@ class RingsFlow(AnalyticFlow):
         ok_lo = ok_lo & (fun(torch.where(ok_lo, lo_c, lo))[0] <= 0)
         ok_hi = ok_hi & (fun(torch.where(ok_hi, hi_c, hi))[0] >= 0)
         lo, hi = torch.where(ok_lo, lo_c, lo), torch.where(ok_hi, hi_c, hi)
-        # the Rice CDF is good to a few eps relative: f = log G - L is noise below 16 eps (1 + |L|)
-        v, done = safeguarded_newton(fun, lo, hi, atol=4 * eps(r.dtype), ftol=16 * eps(r.dtype) * (1 + L.abs()))
+        # f is a difference of logs each good to a few eps relative: noise below 16 eps (1 + |log D|)
+        v, done = safeguarded_newton(fun, lo, hi, atol=4 * eps(r.dtype), ftol=16 * eps(r.dtype) * (1 + lev.scale))
         if value_checks_enabled() and not bool((done | singular).all()):
             raise RuntimeError(
                 f"RingsFlow.flow_map: the radial CDF inversion did not converge for {int((~done).sum())} point(s); "
@@ -344,25 +381,37 @@ class RingsFlow(AnalyticFlow):
             J_s = torch.where(singular, torch.zeros_like(J_s), J_s)
         return rho, J_r, J_s, J_t
 
-    def _ring_quantile(self, L: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(j, q): the ring j whose share of the radial mass holds the level (log G = L, or log S = L where
-        upper) and q = Phi^-1 of the level within that share, in log space at the ends."""
-        _, log_pi, w = self._params(L)
+    def _ring_quantile(self, lev: CdfLevel) -> tuple[torch.Tensor, torch.Tensor]:
+        """(j, q): the ring j whose share [c_{j-1}, c_j] of the radial mass holds the level G, and q = Phi^-1 of
+        the level's position within that share (the standardised radius in ring j's Gaussian picture).
+
+        When the level lies in the share of a ring next to its boundary c_k (D >= 0: ring k + 1 from below,
+        fraction D / pi_{k+1}; D < 0: ring k from above, fraction |D| / pi_k) the fraction comes from D in log
+        space at full relative accuracy; elsewhere (overlapping rings, far from a boundary) from G itself."""
+        _, log_pi, w = self._params(lev.log_D)
         J = len(w)
         cum = torch.cumsum(w, 0)
-        u = torch.where(upper, -torch.expm1(L), torch.exp(L))  # G
+        u = torch.where(lev.log_F > LOG_HALF, -torch.expm1(lev.log_S), torch.exp(lev.log_F))  # G
         j = torch.searchsorted(cum, u[:, None]).clamp_max(J - 1)[:, 0]
         below = torch.where(j > 0, cum[(j - 1).clamp_min(0)], torch.zeros_like(u))
         log_frac = torch.log((u - below).clamp_min(0.0)) - log_pi[j]
-        # the first ring from below and the last from above keep full relative accuracy in log space
-        log_frac = torch.where(~upper & (j == 0), L - log_pi[0], log_frac)
-        log_frac_up = torch.where(upper & (j == J - 1), L - log_pi[J - 1], log1mexp(log_frac.clamp_max(0.0)))
-        lf = torch.where(upper, log_frac_up, log_frac).clamp_max(0.0)
-        q = torch.where(lf <= LOG_HALF, ndtri_exp(lf.clamp_max(LOG_HALF)), -ndtri_exp(log1mexp(lf).clamp_max(LOG_HALF)))
-        return j, torch.where(upper, -q, q)
+        k = lev.inner.sum(-1)
+        j_up, j_down = k.clamp_max(J - 1), (k - 1).clamp_min(0)
+        from_below = lev.positive & (k < J) & (lev.log_D <= log_pi[j_up])
+        from_above = ~lev.positive & (k > 0) & (lev.log_D <= log_pi[j_down])
+        j = torch.where(from_below, j_up, torch.where(from_above, j_down, j))
+        lf_above = lev.log_D - log_pi[j_down]
+        lf_below = torch.where(from_below, lev.log_D - log_pi[j_up],
+                               torch.where(from_above, log1mexp(lf_above.clamp_max(0.0)), log_frac)).clamp_max(0.0)
+        lf_above = torch.where(from_above, lf_above, log1mexp(lf_below)).clamp_max(0.0)
+        # a level exactly on a boundary (fraction 0) would give q = -inf: clamp to the smallest normal fraction
+        floor = math.log(torch.finfo(lev.log_D.dtype).tiny)
+        lf_below, lf_above = lf_below.clamp_min(floor), lf_above.clamp_min(floor)
+        q = torch.where(lf_below <= LOG_HALF, ndtri_exp(lf_below.clamp_max(LOG_HALF)),
+                        -ndtri_exp(lf_above.clamp_max(LOG_HALF)))
+        return j, q
 
-    def sample_data(self, n, generator=None, *, dtype=torch.float64, device=None):
-        device = device if device is not None else (generator.device if generator is not None else "cpu")
+    def _sample_data(self, n, generator, dtype, device):
         j = torch.multinomial(self._w.to(device=device), n, replacement=True, generator=generator)
         theta = 2 * math.pi * torch.rand(n, dtype=dtype, device=device, generator=generator)
         R = self._R.to(dtype=dtype, device=device)[j]

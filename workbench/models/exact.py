@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.contract import Flow
+from ..core.contract import Flow, check_implements
 from ..core.times import broadcast_time, expand_as_state
 from ..core.validation import check_state
 
@@ -22,8 +22,7 @@ class ExactFlowMap(nn.Module):
 
     def __init__(self, flow: Flow) -> None:
         super().__init__()
-        if not (hasattr(flow, "flow_map") and hasattr(flow, "velocity") and hasattr(flow, "dim")):
-            raise TypeError(f"flow must implement velocity(t, x), flow_map(s, t, x) and dim, got {type(flow).__name__}")
+        check_implements(flow, Flow, "flow")
         self.flow = flow
         self.dim = flow.dim
         self.learned_weight = False

@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from ..core.times import broadcast_time, expand_as_state
-from ..core.validation import check_state
+from ..core.validation import check_dtype_matches, check_state
 
 
 class NeuralFlowMap(nn.Module):
     """v_{s,t}(x) = c_out * backbone(c_in * x, s, t - s); X_{s,t}(x) = x + (t - s) v_{s,t}(x).
 
+    The model computes in its parameters' dtype: an ``x`` of another floating dtype is refused with a
+    TypeError naming it (cast x, or the model with ``model.to(dtype)``); times are cast to x's dtype.
     ``data_std`` sets the preconditioning c_in = 1 / data_std, c_out = data_std (B25's
     ``rescale``); 1.0 means none. ``learned_weight`` adds a head w(s, t) for B25's uncertainty
     weighting exp(-w) * loss + w.
@@ -50,6 +52,22 @@ class NeuralFlowMap(nn.Module):
             nn.init.zeros_(self.weight_linear.weight)
             nn.init.zeros_(self.weight_linear.bias)
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The floating dtype the model computes in (its parameters'); None for a backbone without parameters."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return None
+
+    def _state(self, x: object) -> torch.Tensor:
+        """x checked against the contract and against the parameters' dtype (refused, never cast)."""
+        x = check_state(x, self.dim)
+        dtype = self.dtype
+        if dtype is not None:
+            check_dtype_matches(x, "x", dtype, f"{type(self).__name__}'s parameters")
+        return x
+
     def _times(self, s, t, x):
         return broadcast_time(s, x, "s"), broadcast_time(t, x, "t")
 
@@ -59,13 +77,13 @@ class NeuralFlowMap(nn.Module):
     def average_velocity(self, s, t, x: torch.Tensor) -> torch.Tensor:
         """v_{s,t}(x) = c_out backbone(c_in x, s, t - s): x (batch, dim), s, t float / 0-d / (batch,) in
         [0, 1]; returns the shape of x."""
-        x = check_state(x, self.dim)
+        x = self._state(x)
         sb, tb = self._times(s, t, x)
         return self._v(sb, tb, x)
 
     def flow_map(self, s, t, x: torch.Tensor) -> torch.Tensor:
-        """X_{s,t}(x) = x + (t - s) v_{s,t}(x) (B25 sec. 1.2), shape of x; X_{s,s} = id exactly."""
-        x = check_state(x, self.dim)
+        """X_{s,t}(x) = x + (t - s) v_{s,t}(x) (B25's parametrisation), shape of x; X_{s,s} = id exactly."""
+        x = self._state(x)
         sb, tb = self._times(s, t, x)
         return x + expand_as_state(tb - sb, x) * self._v(sb, tb, x)
 
@@ -74,8 +92,9 @@ class NeuralFlowMap(nn.Module):
         return self.average_velocity(t, t, x)
 
     def loss_weight(self, s, t, x: torch.Tensor) -> torch.Tensor:
-        """Learned log-variance w(s, t) = Linear(embed(s, t)) of B25's uncertainty weighting (digest
-        sec. 2.2: raw s and t, w_{t,t} on the diagonal), shape (batch,); zero when the head is off."""
+        """Learned log-variance w(s, t) = Linear(embed(s, t)) of B25's uncertainty weighting (as in
+        B25 code: raw s and t, w_{t,t} on the diagonal), shape (batch,); zero when the head is off."""
+        x = self._state(x)
         sb, tb = self._times(s, t, x)
         if not self.learned_weight:
             return torch.zeros_like(sb)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..core.contract import FlowMapModel, check_implements
 from ..core.times import broadcast_time, expand_as_state
 from ..core.validation import check_state
 
@@ -41,9 +42,7 @@ class PerturbedFlowMap(nn.Module):
 
     def __init__(self, base: nn.Module, direction: Direction = smooth_direction, eps: float = 0.0) -> None:
         super().__init__()
-        for attr in ("average_velocity", "flow_map", "dim"):
-            if not hasattr(base, attr):
-                raise TypeError(f"base must be a flow-map model with average_velocity, flow_map and dim; it lacks {attr!r}")
+        check_implements(base, FlowMapModel, "base")
         if not callable(direction):
             raise TypeError(f"direction must be a callable (s, t, x) -> tensor, got {type(direction).__name__}")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
@@ -53,6 +52,12 @@ class PerturbedFlowMap(nn.Module):
         self.dim = base.dim
         self.learned_weight = bool(getattr(base, "learned_weight", False))
         self.eps = nn.Parameter(torch.tensor(float(eps), dtype=torch.float64))
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype the base model computes in (``eps`` is float64 and cast to x's dtype when used)."""
+        dtype = getattr(self.base, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else None
 
     def _shift(self, s: object, t: object, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(s, t) as (batch,) tensors and eps d(s, t, x)."""
