@@ -335,7 +335,7 @@ def test_bad_inputs():
         detect_grad_explosion("metrics.jsonl")
     with pytest.raises(ValueError, match="history="):
         detect_noise_floor_stall(exact, reference=FLOWS["2d"])
-    with pytest.raises(TypeError, match=r"reference must implement the Flow contract .*'sample_data'"):
+    with pytest.raises(TypeError, match=r"reference must implement Flow .*lacks sample_data"):
         Probe(2, reference=ExactFlowMap(FLOWS["2d"]))
     with pytest.raises(TypeError, match="probe must be a Probe"):
         diagnose(exact, probe="probe")

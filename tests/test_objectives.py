@@ -274,7 +274,7 @@ def check_bad_input(obj) -> None:
         obj(model, x1.numpy())
     with pytest.raises(TypeError, match="x1"):
         obj(model, [[0.0, 1.0]])
-    with pytest.raises(TypeError, match="model must be a flow-map model"):
+    with pytest.raises(TypeError, match="model must implement FlowMapModel .*lacks average_velocity"):
         obj(object(), x1)
     with pytest.raises(ValueError, match="x0 must have the shape"):
         obj(model, x1, x0=torch.zeros(3, 2, dtype=F64))

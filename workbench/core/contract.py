@@ -95,13 +95,14 @@ def protocol_members(protocol: type) -> list[str]:
     return sorted(names)
 
 
-def check_implements(obj: object, protocol: type, name: str) -> Any:
-    """obj must implement ``protocol`` (one of the runtime-checkable protocols above): TypeError naming
-    ``name``, the protocol and the members obj lacks otherwise. Returns obj."""
-    if not isinstance(obj, protocol):
-        missing = [m for m in protocol_members(protocol) if not hasattr(obj, m)]
-        raise TypeError(
-            f"{name} must implement {protocol.__name__} ({', '.join(protocol_members(protocol))}); "
-            f"{type(obj).__name__} lacks {', '.join(missing)}"
-        )
+def check_implements(obj: object, protocol: type, name: str, *, also: tuple[str, ...] = ()) -> Any:
+    """obj must implement ``protocol`` (one of the runtime-checkable protocols above) and have the
+    attributes ``also``: TypeError naming ``name``, the protocol and the members obj lacks otherwise.
+    Returns obj. The one contract check of the project (flows, models, losses, diagnostics)."""
+    missing = [] if isinstance(obj, protocol) else [m for m in protocol_members(protocol) if not hasattr(obj, m)]
+    missing += [m for m in also if not hasattr(obj, m)]
+    if missing:
+        wanted = ", ".join([*protocol_members(protocol), *also])
+        raise TypeError(f"{name} must implement {protocol.__name__} ({wanted}); "
+                        f"{type(obj).__name__} lacks {', '.join(missing)}")
     return obj

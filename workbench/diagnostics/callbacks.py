@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.contract import Flow
+from ..core.contract import Flow, check_implements
 from ..flows.base import data_end_time
 from ..rundir import RunDir, atomic_write_json, atomic_write_text, read_json, read_jsonl, save_npz
 from ..training.callbacks import Callback, StepRecord, TrainContext
 from ..training.optim import scheduled_value
-from .detectors.base import F64, NonFiniteOutput, Probe, check_contract, evaluating
+from .detectors.base import F64, NonFiniteOutput, Probe, evaluating
 from .signals import TrainingSignalsCallback
 
 __all__ = ["DiagnosisCallback", "FlowMapErrorCallback", "PeriodicDiagnosticsCallback", "TrainingSignalsCallback",
@@ -100,7 +100,7 @@ class FlowMapErrorCallback(Callback):
     """
 
     def __init__(self, flow: Any, every: int = 100, n: int = 2048, seed: int = 0, t_max: float = 1.0) -> None:
-        check_contract(flow, Flow, "flow", also=("sample_marginal",))
+        check_implements(flow, Flow, "flow", also=("sample_marginal",))
         t_max = min(t_max, data_end_time(flow))
         self.flow, self.every, self.n, self.seed, self.t_max = flow, int(every), int(n), int(seed), float(t_max)
         self._eval: tuple[torch.Tensor, ...] | None = None

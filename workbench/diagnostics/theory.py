@@ -36,13 +36,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.contract import Flow
+from ..core.contract import Flow, check_implements
 from ..core.times import broadcast_time, expand_as_state
 from ..core.validation import check_positive_int, check_state
 from ..flows.gaussian import GaussianFlow
 from ..flows.interpolants import LinearInterpolant, TrigInterpolant
 from ..flows.point_mass import PointMassFlow
-from .detectors.base import check_contract
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class MonteCarloEstimate:
 
 def _require_analytic(flow: object, *also: str) -> None:
     """The flow contract (:class:`workbench.core.contract.Flow`) plus an ``interpolant`` and ``also``."""
-    check_contract(flow, Flow, "flow", also=("interpolant", *also))
+    check_implements(flow, Flow, "flow", also=("interpolant", *also))
 
 
 def _time_tensor(t: object) -> torch.Tensor:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.contract import FlowMapModel
+from ..core.contract import FlowMapModel, check_implements
 from ..core.validation import check_dtype_matches, check_finite, check_generator, check_tensor, value_checks_disabled
 from ..flows.interpolants import LinearInterpolant, get_interpolant
 from .base import ObjectiveResult, TimeBatch
@@ -108,13 +108,8 @@ def model_dtype(model: object) -> torch.dtype | None:
 
 def check_model(model: object) -> object:
     """model must be a flow-map model (``FlowMapModel``: average_velocity(s, t, x), flow_map(s, t, x),
-    velocity(t, x) and dim); TypeError naming what it lacks otherwise."""
-    if not isinstance(model, FlowMapModel):
-        lacks = [a for a in ("average_velocity", "flow_map", "velocity", "dim") if not hasattr(model, a)]
-        raise TypeError(
-            f"model must be a flow-map model with average_velocity(s, t, x), flow_map(s, t, x), velocity(t, x) "
-            f"and dim; {type(model).__name__} lacks {', '.join(map(repr, lacks))}"
-        )
+    velocity(t, x) and dim, the methods callable); TypeError naming what it lacks otherwise."""
+    check_implements(model, FlowMapModel, "model")
     for attr in ("average_velocity", "flow_map", "velocity"):
         if not callable(getattr(model, attr)):
             raise TypeError(f"model must be a flow-map model; its {attr!r} is not callable")

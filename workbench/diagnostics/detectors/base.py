@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...core.contract import Flow
+from ...core.contract import Flow, check_implements
 from ...core.validation import check_positive_int, check_tensor
 from ...flows.base import data_end_time
 
@@ -87,32 +87,10 @@ def model_dtype_device(model: object) -> tuple[torch.dtype, torch.device | None]
     return F64, None
 
 
-def _protocol_members(protocol: type) -> list[str]:
-    """The public members a runtime-checkable protocol asks for (methods and annotated attributes)."""
-    names: set[str] = set()
-    for base in protocol.__mro__:
-        if getattr(base, "_is_protocol", False) and base.__module__ != "typing":
-            names |= {k for k in (*vars(base), *getattr(base, "__annotations__", {})) if not k.startswith("_")}
-    return sorted(names)
-
-
-def check_contract(obj: object, protocol: type, name: str, *, also: tuple[str, ...] = ()) -> object:
-    """``obj`` must satisfy ``protocol`` (a runtime-checkable protocol of :mod:`workbench.core.contract`)
-    and have the attributes ``also``; TypeError naming the argument ``name``, the contract and what is
-    missing otherwise. Returns ``obj``."""
-    missing = [] if isinstance(obj, protocol) else [m for m in _protocol_members(protocol) if not hasattr(obj, m)]
-    missing += [m for m in also if not hasattr(obj, m)]
-    if missing:
-        wanted = ", ".join([*_protocol_members(protocol), *also])
-        raise TypeError(f"{name} must implement the {protocol.__name__} contract ({wanted}); "
-                        f"{type(obj).__name__} has no {', '.join(repr(m) for m in missing)}")
-    return obj
-
-
 def check_model(model: object) -> int:
     """The model must have the flow contract (:class:`workbench.core.contract.Flow`: velocity,
     flow_map, dim); returns dim."""
-    check_contract(model, Flow, "model")
+    check_implements(model, Flow, "model")
     return int(model.dim)
 
 
@@ -166,7 +144,7 @@ class Probe:
         self.dim = check_positive_int(int(dim), "dim")
         self.n = check_positive_int(n, "n")
         if reference is not None:
-            check_contract(reference, Flow, "reference", also=("sample_data", "sample_marginal"))
+            check_implements(reference, Flow, "reference", also=("sample_data", "sample_marginal"))
             if int(reference.dim) != self.dim:
                 raise ValueError(f"reference.dim must equal the model's dim {self.dim}, got {reference.dim}")
         if data is not None:
