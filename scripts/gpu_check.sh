@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-400}
 WORK=$(mktemp -d)
-export PYTHONPATH=$PWD OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 summary=$WORK/summary.txt
 log=$WORK/log.txt
 : >"$summary"
