@@ -10,7 +10,7 @@ from the new weights. A skipped step is counted and logged with what was wrong (
 
 After every applied update the whole training state (weights, every optimiser tensor, every EMA) is
 checked for NaN and inf with one fused max-abs reduction per device and dtype and one host sync
-(its cost, measured side by side with a step, is in docs/training-checkpoints.md). A non-finite
+(its cost, measured side by side with a step, is in docs/training_checkpoints.md). A non-finite
 state, e.g. Adam's second moment overflowing when squared gradients exceed the dtype's range,
 stops the run as "diverged" with a message naming the tensors; it is never checkpointed (see
 :mod:`workbench.training.checkpoint`), so the last checkpoint holds the last finite state.
@@ -293,7 +293,7 @@ class Trainer:
         makes it non-finite) and reads the result back with one host sync per (device, dtype) group;
         only when a sum is not finite does the exact per-tensor scan run, which names the culprits
         (and returns [] when a sum merely overflowed, which finite entries do only when their total
-        exceeds the dtype's range). Measured cost: docs/training-checkpoints.md."""
+        exceeds the dtype's range). Measured cost: docs/training_checkpoints.md."""
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         checked = self._checked_tensors()
         for _, t in checked:
