@@ -6,8 +6,9 @@
 # Scope: pyproject.toml's [tool.mutmut] is the whole scope (AREA=all); [tool.workbench-mutation.AREA] narrows
 # the files to mutate and the fast test selection. The project (workbench/, tests/, pyproject.toml) is
 # copied to build/mutation/AREA/ with the area's mutmut table, so the worktree is never mutated and each
-# area keeps its own results: a run stopped by the time bound resumes where it stopped next time, and the
-# cache is wiped when the copied sources change.
+# area keeps its own results: a run stopped by the time bound resumes where it stopped next time; a change
+# to the library sources (or pyproject.toml) starts the area over, a change to the tests alone reruns only
+# the mutants that survived the last complete run.
 #
 # Environment:
 #   MUTATION_TIMEOUT  wall-clock bound in seconds for the mutmut run (default 1800); the score printed is
@@ -15,6 +16,8 @@
 #   MUTATION_JOBS     parallel mutant workers (default 1: the suite is CPU-bound)
 #   MUTATION_PYTHON   a Python that has the dev extra installed (default: .venv set up by scripts/_env.sh)
 #   MUTATION_FRESH=1  discard the area's cached results first
+#   MUTATION_RECHECK=1  after a change to the tests, recheck the survivors by name even when the last run
+#                     was cut short (by default an unfinished run is continued instead)
 # Exit status: 0 when every checked mutant was killed, 1 when some survived (or were not covered), 2 on
 # bad usage, 124 when the time bound ended the run.
 set -euo pipefail
@@ -36,7 +39,7 @@ WORK="$ROOT/build/mutation/$AREA"
 mkdir -p "$WORK"
 # the area's mutmut configuration: [tool.mutmut] with only_mutate / test selection from the area's table
 "$PY" - "$AREA" "$WORK" <<'PYEOF' || exit 2
-import hashlib, json, re, subprocess, sys, tomllib
+import hashlib, json, os, re, subprocess, sys, tomllib
 from pathlib import Path
 
 area, work = sys.argv[1], Path(sys.argv[2])
@@ -54,28 +57,52 @@ mutmut["pytest_add_cli_args_test_selection"] = [t for t in tests if Path(t).exis
 # pyproject without the mutmut table (pytest's own settings stay), then the area's table
 kept = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[)", "", text)
 lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in mutmut.items()]
-files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "workbench", "tests"],
-                       capture_output=True, text=True, check=True).stdout.split()
-digest = hashlib.sha256()
-for f in sorted(files) + ["pyproject.toml"]:
-    if Path(f).is_file():
+def listed(where):
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", where],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return [f for f in out if Path(f).is_file()]
+
+
+def fingerprint(files):
+    digest = hashlib.sha256()
+    for f in sorted(files):
         digest.update(f.encode() + b"\0" + Path(f).read_bytes())
-stamp = work / "sources.sha256"
-if not stamp.exists() or stamp.read_text() != digest.hexdigest():
-    subprocess.run(["rm", "-rf", str(work / "mutants"), str(work / "workbench"), str(work / "tests")], check=True)
+    return digest.hexdigest()
+
+
+def copy(files):
     for f in files:
-        if Path(f).is_file():
-            (work / f).parent.mkdir(parents=True, exist_ok=True)
-            (work / f).write_bytes(Path(f).read_bytes())
-    stamp.write_text(digest.hexdigest())
+        (work / f).parent.mkdir(parents=True, exist_ok=True)
+        (work / f).write_bytes(Path(f).read_bytes())
+
+
+# changed library sources (or configuration): start over; changed tests only: recheck the survivors
+sources, tests = listed("workbench"), listed("tests")
+stamp, tests_stamp = work / "sources.sha256", work / "tests.sha256"
+recheck = work / "recheck.txt"
+recheck.unlink(missing_ok=True)
+if not stamp.exists() or stamp.read_text() != fingerprint(sources + ["pyproject.toml"]):
+    subprocess.run(["rm", "-rf", str(work / "mutants"), str(work / "workbench"), str(work / "results.txt")], check=True)
+    copy(sources)
+    stamp.write_text(fingerprint(sources + ["pyproject.toml"]))
+elif tests_stamp.exists() and tests_stamp.read_text() != fingerprint(tests) and (work / "results.txt").exists():
+    previous = [line.strip().rsplit(": ", 1) for line in (work / "results.txt").read_text().splitlines() if ": " in line]
+    if os.environ.get("MUTATION_RECHECK") == "1" or not any(st == "not checked" for _, st in previous):
+        recheck.write_text("\n".join(n for n, st in previous if st in ("survived", "no tests", "suspicious")) + "\n")
+subprocess.run(["rm", "-rf", str(work / "tests")], check=True)
+copy(tests)
+tests_stamp.write_text(fingerprint(tests))
 (work / "pyproject.toml").write_text(kept + "\n".join(lines) + "\n")
 PYEOF
-[ "${MUTATION_FRESH:-0}" = 1 ] && rm -rf "$WORK/mutants"
+[ "${MUTATION_FRESH:-0}" = 1 ] && rm -rf "$WORK/mutants" "$WORK/recheck.txt"
+# after a change to the tests only, the survivors of the last complete run are rechecked by name
+RECHECK=()
+[ -s "$WORK/recheck.txt" ] && mapfile -t RECHECK <"$WORK/recheck.txt"
 
 cd "$WORK"
 start=$(date +%s)
 set +e
-timeout --signal=INT --kill-after=60 "${MUTATION_TIMEOUT:-1800}" "$MUTMUT" run --max-children "${MUTATION_JOBS:-1}" \
+timeout --signal=INT --kill-after=60 "${MUTATION_TIMEOUT:-1800}" "$MUTMUT" run --max-children "${MUTATION_JOBS:-1}" "${RECHECK[@]}" \
   >"$WORK/run.log" 2>&1
 rc=$?
 set -e
