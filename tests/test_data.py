@@ -17,6 +17,12 @@ N = 20_000
 P_MIN = 1e-4  # fixed seeds make every test deterministic; this only guards against a wrong law
 
 
+def _without_cuda(monkeypatch):
+    """This machine as one without CUDA, whatever it has: the no-CUDA branch runs on every machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 def _gen(seed=0):
     return make_generator(seed)
 
@@ -145,7 +151,7 @@ def test_bad_input():
 
 
 @pytest.mark.parametrize("name", ["checkerboard", "eight_gaussians", "two_moons", "rings", "gaussian", "point_mass"])
-def test_sample_arguments_are_validated(name):
+def test_sample_arguments_are_validated(name, monkeypatch):
     src = get_data(name)
     with pytest.raises(TypeError, match=r"generator must be a torch.Generator or None, got int; for a seed use"):
         src.sample(4, 7)
@@ -155,12 +161,18 @@ def test_sample_arguments_are_validated(name):
         src.sample(4, dtype="float32")
     with pytest.raises(ValueError, match="device 'gpu0' is not a device torch knows"):
         src.sample(4, device="gpu0")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
-            src.sample(4, device="cuda")
-    if torch.cuda.is_available():
-        with pytest.raises(ValueError, match="differs from the generator's device"):
-            src.sample(4, _gen(0), device="cuda")
+    _without_cuda(monkeypatch)
+    with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
+        src.sample(4, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["checkerboard", "eight_gaussians", "two_moons", "rings", "gaussian", "point_mass"])
+def test_sample_on_cuda_refuses_a_cpu_generator(name):
+    src = get_data(name)
+    with pytest.raises(ValueError, match="differs from the generator's device"):
+        src.sample(4, _gen(0), device="cuda")
+    assert src.sample(4, device="cuda").device.type == "cuda"
 
 
 def test_flow_data_names_the_missing_members():

@@ -30,8 +30,10 @@ from scipy.special import logsumexp
 from torch.func import jvp
 
 from workbench.core.tolerances import fd_step, fd_tol, ulps
+from workbench.flows.base import DATA_END_MARGIN, data_end_time
 from workbench.flows.interpolants import LinearInterpolant, TrigInterpolant
 from workbench.flows.mixture1d import Mixture1DFlow
+from workbench.flows.point_mass import PointMassFlow
 from workbench.flows.product import ProductFlow
 from workbench.flows.rings import RingsFlow
 
@@ -538,3 +540,21 @@ def test_rings_validation_and_dtype():
     assert X32.dtype == torch.float32
     assert rel(X32.double().numpy(), flow.flow_map(0.2, 0.7, X_RINGS).numpy()).max() <= ulps(torch.float32, 8)
     assert flow.velocity(0.5, x32).dtype == flow.log_prob(0.5, x32).dtype == torch.float32
+
+
+@pytest.mark.parametrize("ip", ["linear", "trig"])
+def test_data_end_message_quotes_data_end_time(ip):
+    """Every flow singular at the data end refuses s = 1 (and t = 1 for the velocity) with one message that
+    quotes data_end_time (1 - DATA_END_MARGIN), the time the workbench itself stops at, not another bound."""
+    cases = [
+        (RingsFlow(**RINGS, interpolant=ip), X_RINGS),
+        (Mixture1DFlow(**ATOMS, interpolant=ip), torch.zeros(3, 1, dtype=F64)),
+        (PointMassFlow([1.0, -1.0], interpolant=ip), X_RINGS),
+    ]
+    for flow, x in cases:
+        T = data_end_time(flow)
+        assert T == 1.0 - DATA_END_MARGIN
+        for call, name in ((lambda: flow.flow_map(1.0, 0.5, x), "s"), (lambda: flow.velocity(1.0, x), "t")):
+            with pytest.raises(ValueError, match=rf"{name} = 1 is singular for {type(flow).__name__}.*{name} <= {T}"):
+                call()
+        flow.flow_map(T, 0.5, x)  # the quoted time is accepted

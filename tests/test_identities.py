@@ -8,7 +8,8 @@ scale the tolerance by that amplification; near the data end those flows are pro
 distribution only (off it, a backward map sends whole gaps between the components to one float64
 point; the oracles there are checked in test_cdf_tails.py). ODE-oracle flows (no closed form) are held
 to the oracle's documented accuracy instead of round-off, and a composition of two maps (semigroup,
-inverse) to the first map's error carried through the second (``assert_composition``).
+inverse) to the first map's error carried through the exact second map, whose stretch is measured
+on the independent scipy reference (``assert_composition``; closed forms get no such widening).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from ode_reference import scipy_flow_map
 
 from workbench.core import fd_tol, ulps
 from workbench.flows import identities as idn
@@ -94,32 +96,37 @@ def test_boundary_X_tt_is_identity(name, ip, t, seed, on):
     assert float(rel(idn.boundary_residual(flow, t, x), x.norm(dim=1)).max()) <= base_tol(name, F64, 1e3)
 
 
-def propagated_spread(flow, s, t, y, h):
-    """max_j |X_{s,t}(y + h e_j) - X_{s,t}(y - h e_j)| / 2 per point: how far X_{s,t} moves when its input
-    moves by h (batch,), i.e. what an input error of size h becomes, with X_{s,t}'s own error at y +- h e_j.
+def reference_spread(flow, s, t, y, h):
+    """max_j |R_{s,t}(y + h e_j) - R_{s,t}(y - h e_j)| / 2 per point, with R the independent scipy DOP853
+    integration of the flow's velocity (tests/ode_reference.py): how far the exact map X_{s,t} moves when
+    its input moves by h (batch,), i.e. what an input error of size h becomes.
 
-    A composition of two oracle maps carries the first map's error through the second: where the second
-    map is ill-conditioned the residual is that error times its stretch, not round-off. Example: a point
-    of gmm_8's gap at t = 1 (log p_1 = -69) pulled back to t = 0 lies within ~1e-8 of the separatrix
-    between two modes, where X_{0,1} stretches by >= 8e7 (finite differences at step 1e-8; its variational equation
-    exhausts the ODE oracle's step budget); X_{1,0} itself agrees with scipy's DOP853 to 1e-16 there."""
-    out = torch.zeros(y.shape[0], dtype=y.dtype)
+    Computed from the reference, never from the oracle under test, so a wrong jump in the oracle cannot
+    widen its own bound. A composition of two ODE-oracle maps carries the first map's error through the
+    second: where the second map is ill-conditioned the residual is that error times its stretch, not
+    the oracle's accuracy. Example: a point of gmm_8's gap at t = 1 (log p_1 = -69) pulled back to t = 0
+    lies within ~1e-8 of the separatrix between two modes, where X_{0,1} stretches by >= 8e7 (docs/
+    flows_oracle_notes.md); X_{1,0} itself agrees with scipy's DOP853 to 1e-16 there."""
+    out = torch.zeros(y.shape[0], dtype=F64)
+    y = y.to(F64)
     for j in range(y.shape[1]):
         e = torch.zeros_like(y)
         e[:, j] = h
-        out = torch.maximum(out, 0.5 * (flow.flow_map(s, t, y + e) - flow.flow_map(s, t, y - e)).norm(dim=1))
+        out = torch.maximum(out, 0.5 * (scipy_flow_map(flow, s, t, y + e) - scipy_flow_map(flow, s, t, y - e)).norm(dim=1))
     return out
 
 
-def assert_composition(res, scale, tol, flow, s, t, first_leg):
-    """res <= tol (1 + scale) per point, or, where not, within the spread of the second map X_{s,t} over the
-    first map's error ball at y = first_leg() (``propagated_spread`` with h = tol (1 + |y|), evaluated
-    only then)."""
+def assert_composition(res, scale, tol, name, flow, s, t, first_leg):
+    """res <= tol (1 + scale) per point. Closed-form flows are held to that bound with no widening. For
+    ODE-oracle flows, where the bound fails, the residual may instead reach the stretch of the exact second
+    map X_{s,t} over the first map's error ball at y = first_leg() (``reference_spread`` with
+    h = tol (1 + |y|), from the independent scipy reference, evaluated only then)."""
     bound = tol * (1 + scale)
-    if bool((res <= bound).all()):
+    if bool((res <= bound).all()) or name not in ODE_FLOWS:
+        assert bool((res <= bound).all()), (res / bound).max()
         return
     y = first_leg()
-    spread = propagated_spread(flow, s, t, y, tol * (1 + y.norm(dim=1)))
+    spread = reference_spread(flow, s, t, y, tol * (1 + y.norm(dim=1)))
     assert bool((res <= bound + spread).all()), (res / (bound + spread)).max()
 
 
@@ -136,7 +143,25 @@ def test_semigroup(name, ip, s, u, t, seed, on):
     amp = amplification(flow, s, u) * amplification(flow, u, t)
     res = idn.semigroup_residual(flow, s, u, t, x)
     X = flow.flow_map(s, t, x)
-    assert_composition(res, X.norm(dim=1), base_tol(name, F64, 1e3) * amp, flow, u, t, lambda: flow.flow_map(s, u, x))
+    assert_composition(res, X.norm(dim=1), base_tol(name, F64, 1e3) * amp, name, flow, u, t, lambda: flow.flow_map(s, u, x))
+
+
+def test_gmm8_round_trip_is_widened_by_the_exact_maps_stretch():
+    """The pinned gmm_8 round trip 1 -> 0 -> 1 of test_semigroup passes through the widening for the right
+    reason: it does fail the strict oracle bound, and the exact second map X_{0,1} (scipy reference, not the
+    oracle) stretches the first map's error ball by >= 1e7 at some point, so the residual is that
+    conditioning, not an error of X_{0,1} itself."""
+    name = "gmm_8"
+    flow = get_flow(name, "linear")
+    x = points(flow, 1.0, 0, False)
+    tol = base_tol(name, F64, 1e3)
+    res = idn.semigroup_residual(flow, 1.0, 0.0, 1.0, x)
+    assert not bool((res <= tol * (1 + x.norm(dim=1))).all())
+    y = flow.flow_map(1.0, 0.0, x)
+    h = tol * (1 + y.norm(dim=1))
+    stretch = reference_spread(flow, 0.0, 1.0, y, h) / h
+    assert float(stretch.max()) >= 1e7
+    assert_composition(res, x.norm(dim=1), tol, name, flow, 0.0, 1.0, lambda: y)
 
 
 @given(name=flows, ip=ips, s=unit, t=unit, seed=seeds, on=st.booleans())
@@ -147,7 +172,7 @@ def test_inverse(name, ip, s, t, seed, on):
     x = points(flow, s, seed, on)
     res = idn.inverse_residual(flow, s, t, x)
     tol = base_tol(name, F64, 1e3) * amplification(flow, s, t)
-    assert_composition(res, x.norm(dim=1), tol, flow, t, s, lambda: flow.flow_map(s, t, x))
+    assert_composition(res, x.norm(dim=1), tol, name, flow, t, s, lambda: flow.flow_map(s, t, x))
 
 
 @given(name=closed_flows, ip=ips, s=unit, seed=seeds, on=st.booleans())

@@ -177,3 +177,24 @@ def test_run_dir_layout_names():
     assert rd.sessions == Path("runs/x/sessions.jsonl") and rd.metrics == Path("runs/x/metrics.jsonl")
     with pytest.raises(ValueError, match="step must be an int >= 0"):
         rd.checkpoint(-1)
+
+
+def test_check_run_dir_refuses_a_directory_it_cannot_write(tmp_path, monkeypatch):
+    """The 'not writable' branch, whatever user runs the tests (root writes everywhere, so a read-only
+    mode bit would not reach it): os.access reports no write permission for the one directory asked."""
+    target = tmp_path / "ro"
+    real_access = os.access
+    asked = []
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path) == target and mode & os.W_OK:
+            asked.append(mode)
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    with pytest.raises(ValueError, match=rf"^output_dir {target} is not writable$"):
+        check_run_dir(target, "output_dir")
+    assert asked and target.is_dir()  # created, then refused
+    assert check_run_dir(tmp_path / "rw").path == tmp_path / "rw"  # other directories unaffected
+    assert check_run_dir(target, "output_dir", create=False).path == target  # no write check without create

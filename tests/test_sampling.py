@@ -10,6 +10,12 @@ import torch
 from workbench.sampling import sample_flow_map
 
 
+def _without_cuda(monkeypatch):
+    """This machine as one without CUDA, whatever it has: the no-CUDA branch runs on every machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 class _BlowsUp:
     """X_{s,t}(x) = x + (t - s) for x[:, 0] <= 1, inf beyond: a map that overflows for some samples."""
 
@@ -56,7 +62,7 @@ def test_sample_dtype_defaults_to_the_models_and_refuses_a_mismatch():
     assert sample(make_flow("gaussian_2d"), 3, dtype=torch.float64).dtype == torch.float64
 
 
-def test_sample_and_time_grid_validate_their_arguments():
+def test_sample_and_time_grid_validate_their_arguments(monkeypatch):
     from workbench.models import make_mlp_flow_map
     from workbench.sampling import sample, time_grid
 
@@ -65,9 +71,9 @@ def test_sample_and_time_grid_validate_their_arguments():
         sample(model, 4, generator=0)
     with pytest.raises(ValueError, match="device 'gpu0' is not a device torch knows"):
         sample(model, 4, device="gpu0")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
-            sample(model, 4, device="cuda")
+    _without_cuda(monkeypatch)
+    with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
+        sample(model, 4, device="cuda")
     with pytest.raises(ValueError, match="n_steps must be a positive int"):
         sample(model, 4, n_steps=0)
     # time_grid(4, dtype=torch.int64) used to return [0, 0, 0, 0, 1]
@@ -76,3 +82,12 @@ def test_sample_and_time_grid_validate_their_arguments():
     with pytest.raises(ValueError, match="device 'gpu0'"):
         time_grid(4, device="gpu0")
     assert time_grid(4, dtype=torch.float32).dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_sample_on_cuda_where_there_is_cuda():
+    from workbench.models import make_mlp_flow_map
+    from workbench.sampling import sample
+
+    model = make_mlp_flow_map(2, hidden=8, depth=1).to("cuda")
+    assert sample(model, 4, device="cuda").device.type == "cuda"

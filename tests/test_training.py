@@ -50,6 +50,12 @@ from workbench.training.optim import scheduled_value
 GAUSS = DataConfig("gaussian", {"mean": [1.0, -0.5], "cov": [[0.5, 0.2], [0.2, 0.3]]})
 
 
+def _without_cuda(monkeypatch):
+    """This machine as one without CUDA, whatever it has: the no-CUDA branch runs on every machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 def tiny_config(**kw) -> TrainConfig:
     base = TrainConfig(
         model=ModelConfig(hidden=16, depth=2),
@@ -570,12 +576,18 @@ def test_command_line_values_are_validated_when_parsed():
             apply_overrides(TrainConfig(), {key: value})
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_without_cuda_is_a_value_error_when_the_trainer_starts(tmp_path):
+def test_cuda_without_cuda_is_a_value_error_when_the_trainer_starts(tmp_path, monkeypatch):
+    _without_cuda(monkeypatch)
     cfg = tiny_config(device="cuda")  # a config written on a GPU machine still loads here
     with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
         Trainer(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_config_starts_a_trainer_where_there_is_cuda(tmp_path):
+    Trainer(tiny_config(device="cuda"), tmp_path / "run")
+    assert (tmp_path / "run").exists()
 
 
 # -- schedules over the whole run ----------------------------------------------------------------------

@@ -11,6 +11,12 @@ from workbench.flows.registry import FLOW_NAMES, make_flow
 F64 = torch.float64
 
 
+def _without_cuda(monkeypatch):
+    """This machine as one without CUDA, whatever it has: the no-CUDA branch runs on every machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 @pytest.fixture
 def flow():
     return GaussianFlow([1.0, -1.0], [[1.0, 0.6], [0.6, 0.5]])
@@ -93,8 +99,9 @@ def test_every_registry_flow_validates_its_inputs(name):
 
 # -- arguments that were never validated -------------------------------------------------------------------
 @pytest.mark.parametrize("name", FLOW_NAMES)
-def test_samplers_validate_generator_dtype_and_device(name):
+def test_samplers_validate_generator_dtype_and_device(name, monkeypatch):
     flow = make_flow(name)
+    _without_cuda(monkeypatch)
     for call in (lambda **kw: flow.sample_marginal(0.5, 4, **kw), lambda **kw: flow.sample_data(4, **kw)):
         with pytest.raises(TypeError, match=r"generator must be a torch.Generator or None, got int; for a seed use torch.Generator\(\).manual_seed\(3\)"):
             call(generator=3)
@@ -102,10 +109,17 @@ def test_samplers_validate_generator_dtype_and_device(name):
             call(dtype=torch.int64)
         with pytest.raises(ValueError, match="device 'gpu0' is not a device torch knows"):
             call(device="gpu0")
-        if not torch.cuda.is_available():
-            with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
-                call(device="cuda")
+        with pytest.raises(ValueError, match="device 'cuda' needs CUDA"):
+            call(device="cuda")
         assert call(dtype=torch.float32, generator=torch.Generator().manual_seed(0)).dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", FLOW_NAMES)
+def test_samplers_sample_on_cuda_where_there_is_cuda(name):
+    flow = make_flow(name)
+    for call in (lambda **kw: flow.sample_marginal(0.5, 4, **kw), lambda **kw: flow.sample_data(4, **kw)):
+        assert call(device="cuda").device.type == "cuda"
 
 
 def test_pushforward_test_validates_its_generator():

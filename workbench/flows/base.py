@@ -27,6 +27,26 @@ def data_end_time(flow: object) -> float:
     return 1.0 - DATA_END_MARGIN if getattr(flow, "singular_at_data", False) else 1.0
 
 
+def at_data_end(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """alpha_t <= 4 eps beta_t: the noise is below rounding (trig gives alpha_1 = cos(pi/2) = 6e-17, not 0)."""
+    return alpha <= 4 * eps(alpha.dtype) * beta
+
+
+def check_not_data_end(flow: object, t: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` if a flow singular at the data end (atoms, circles: alpha_1 = 0, no
+    density) is asked about a time whose alpha is 0 to rounding. The message quotes
+    :func:`data_end_time`, the last time the workbench itself evaluates such a flow at."""
+    if not (getattr(flow, "singular_at_data", False) and value_checks_enabled()):
+        return
+    ip = flow.interpolant
+    if bool(at_data_end(ip.alpha(t), ip.beta(t)).any()):
+        raise ValueError(
+            f"{name} = 1 is singular for {type(flow).__name__} (alpha_{name} is 0 to rounding: its data law has "
+            f"atoms or lives on circles, no density there); use {name} <= {data_end_time(flow)} "
+            f"(data_end_time, 1 - DATA_END_MARGIN)"
+        )
+
+
 class AnalyticFlow:
     """Base of the analytic flows; see the module docstring."""
 
@@ -53,14 +73,7 @@ class AnalyticFlow:
         return self._cache[k]
 
     def _check_regular(self, t: torch.Tensor, name: str) -> None:
-        if self.singular_at_data and value_checks_enabled():
-            # alpha_t = 0 at the data end; trig gives cos(pi/2) = 6e-17 there, so compare with beta_t
-            ip = self.interpolant
-            if bool((ip.alpha(t) <= 4 * eps(t.dtype) * ip.beta(t)).any()):
-                raise ValueError(
-                    f"{name} = 1 is singular for {type(self).__name__} (its data law has atoms, alpha_{name} = 0); "
-                    f"use {name} <= 1 - 1e-6"
-                )
+        check_not_data_end(self, t, name)
 
     # -- public contract --------------------------------------------------------------------------
     def velocity(self, t: object, x: torch.Tensor) -> torch.Tensor:

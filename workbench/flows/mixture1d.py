@@ -39,7 +39,7 @@ import torch
 from ..core.times import broadcast_time
 from ..core.tolerances import eps
 from ..core.validation import check_probability_vector, check_state, value_checks_enabled
-from .base import AnalyticFlow, as_param
+from .base import AnalyticFlow, as_param, check_not_data_end
 from .cdf_inversion import (
     LOG_HALF,
     cdf_level,
@@ -129,12 +129,7 @@ class Mixture1DFlow(AnalyticFlow):
         return self._log_cdf_sf_pdf(t.to(wide), x[:, 0].to(wide))[2].to(x.dtype)
 
     def _flow_map(self, s, t, x):
-        if self.singular_at_data and value_checks_enabled():
-            ip = self.interpolant
-            if bool((ip.alpha(s) <= 4 * eps(s.dtype) * ip.beta(s)).any()):
-                raise ValueError(
-                    "s = 1 is singular for Mixture1DFlow with atoms (alpha_s is 0 to rounding); use s <= 1 - 1e-6"
-                )
+        check_not_data_end(self, s, "s")
         # float64 throughout (the root and the zero-valued correction), cast back at the end
         wide = torch.float64
         s64, t64, x64 = s.to(wide), t.to(wide), x[:, 0].to(wide)

@@ -43,7 +43,7 @@ import torch
 from ..core.times import broadcast_time
 from ..core.tolerances import eps
 from ..core.validation import check_probability_vector, check_tensor, value_checks_enabled
-from .base import AnalyticFlow, as_param
+from .base import AnalyticFlow, as_param, at_data_end, check_not_data_end
 from .cdf_inversion import (
     LOG_HALF,
     CdfLevel,
@@ -175,19 +175,6 @@ def rice_log_cdf(a: torch.Tensor, log_b: torch.Tensor, d: torch.Tensor) -> tuple
     return log_G.reshape(shape), log_S.reshape(shape)
 
 
-def _at_data_end(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """alpha_t <= 4 eps beta_t: the noise is below rounding (trig gives alpha_1 = 6e-17, not 0)."""
-    return alpha <= 4 * eps(alpha.dtype) * beta
-
-
-def _check_not_data_end(ip, s: torch.Tensor, name: str, owner: str) -> None:
-    if value_checks_enabled() and bool(_at_data_end(ip.alpha(s), ip.beta(s)).any()):
-        raise ValueError(
-            f"{name} = 1 is singular for {owner} (alpha_{name} is 0 to rounding, the data law has no density); "
-            f"use {name} <= 1 - 1e-6"
-        )
-
-
 def _safe_radius(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(|x|, |x| with 1 at the origin): differentiable everywhere (gradient 0 at the origin)."""
     zero = (x == 0).all(-1)
@@ -302,7 +289,7 @@ class RingsFlow(AnalyticFlow):
         return self._radial(t, r)[0]
 
     def _flow_map(self, s, t, x):
-        _check_not_data_end(self.interpolant, s, "s", type(self).__name__)
+        check_not_data_end(self, s, "s")
         wide = torch.float64
         s64, t64, x64 = s.to(wide), t.to(wide), x.to(wide)
         r, r_safe = _safe_radius(x64)
@@ -327,7 +314,7 @@ class RingsFlow(AnalyticFlow):
         upper = lev.log_F > LOG_HALF
         L = torch.where(upper, lev.log_S, lev.log_F)
         al, be = ip.alpha(t), ip.beta(t)
-        singular = _at_data_end(al, be)
+        singular = at_data_end(al, be)
         al_ = torch.where(singular, torch.ones_like(al), al)
         t_ = torch.where(singular, torch.zeros_like(t), t)  # placeholder time for the singular rows
         lo = torch.where(
