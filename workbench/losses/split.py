@@ -37,7 +37,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.contract import FlowMapModel, check_implements
-from ..core.validation import check_dtype_matches, check_finite, check_generator, check_tensor, value_checks_disabled
+from ..core.validation import (
+    check_dtype_matches,
+    check_finite,
+    check_generator,
+    check_tensor,
+    model_dtype,
+    value_checks_disabled,
+)
 from ..flows.interpolants import LinearInterpolant, get_interpolant
 from .base import ObjectiveResult, TimeBatch
 from .derivatives import check_method
@@ -94,16 +101,6 @@ def check_positive(value: object, name: str, *, allow_none: bool = False) -> Non
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
-
-
-def model_dtype(model: object) -> torch.dtype | None:
-    """The dtype a model computes in: its first parameter's (a neural model), else its own ``dtype``
-    attribute when it has one, else None (an analytic map follows its input's dtype)."""
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.dtype
-    dtype = getattr(model, "dtype", None)
-    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def check_model(model: object) -> object:
