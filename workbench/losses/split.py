@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.contract import FlowMapModel, check_implements
+from ..core.contract import Flow, FlowMapModel, TimeSampler, check_implements, protocol_members
 from ..core.validation import (
     check_dtype_matches,
     check_finite,
@@ -129,16 +129,13 @@ def check_data(model: object, x1: object) -> torch.Tensor:
 
 
 def check_teacher(teacher: object, needs: tuple[str, ...] = ("velocity",)) -> object:
-    """A ``teacher`` field at construction: None or an object with the methods ``needs`` (an analytic
-    flow or a flow-map model); TypeError naming the teacher otherwise."""
+    """A ``teacher`` field at construction: None or a :class:`~workbench.core.contract.Flow` (an analytic
+    flow or a flow-map model) that also has the members ``needs`` beyond the flow contract (e.g.
+    ``log_prob``); TypeError naming the teacher otherwise (:func:`~workbench.core.contract.check_implements`)."""
     if teacher is None:
         return None
-    for attr in needs:
-        if not callable(getattr(teacher, attr, None)):
-            calls = {"velocity": "velocity(t, x)", "flow_map": "flow_map(s, t, x)"}
-            raise TypeError(f"teacher must provide {', '.join(calls.get(a, a) for a in needs)} (an analytic flow or "
-                            f"a flow-map model); {type(teacher).__name__} lacks {attr!r}")
-    return teacher
+    flow_members = protocol_members(Flow)
+    return check_implements(teacher, Flow, "teacher", also=tuple(n for n in needs if n not in flow_members))
 
 
 def _check_teacher_matches(objective: object, x1: torch.Tensor) -> None:
@@ -200,8 +197,7 @@ class SplitConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "interpolant", get_interpolant(self.interpolant))
         check_fraction(self.diag_fraction, "diag_fraction")
-        if not (hasattr(self.sampler, "sample") and hasattr(self.sampler, "sample_diagonal")):
-            raise TypeError(f"sampler must provide sample and sample_diagonal, got {type(self.sampler).__name__}")
+        check_implements(self.sampler, TimeSampler, "sampler")
         object.__setattr__(self, "weighting", get_weighting(self.weighting))
         check_method(self.method)
         if self.fd_eps is not None and not (isinstance(self.fd_eps, (int, float)) and self.fd_eps > 0):

@@ -92,7 +92,7 @@ def model_dtype_device(model: object) -> tuple[torch.dtype, torch.device | None]
     return (F64 if dtype is None else dtype), device
 
 
-def check_model(model: object) -> int:
+def check_model_dim(model: object) -> int:
     """The model must have the flow contract (:class:`workbench.core.contract.Flow`: velocity,
     flow_map, dim); returns dim."""
     check_implements(model, Flow, "model")
@@ -283,7 +283,7 @@ def _fmt_time(t: object) -> str:
 def resolve_probe(model: object, probe: Probe | None, reference: object, data: torch.Tensor | None,
                   generator: torch.Generator | None, n: int) -> Probe:
     """The probe a detector runs on: the given one, or a fresh one for these inputs."""
-    dim = check_model(model)
+    dim = check_model_dim(model)
     if probe is not None:
         if not isinstance(probe, Probe):
             raise TypeError(f"probe must be a Probe, got {type(probe).__name__}")
