@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from workbench.core.validation import model_dtype
 from workbench.flows.base import data_end_time
 from workbench.sampling import sample_flow_map
 
@@ -86,9 +87,10 @@ def load_model(run: TrainingRun, *, ema: float | None = None, data=None) -> torc
 
 
 def _dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype of the model's parameters (float64 for a model without any, e.g. ExactFlowMap)."""
-    p = next(iter(model.parameters()), None)
-    return torch.float64 if p is None else p.dtype
+    """The dtype the model computes in (workbench.core.validation.model_dtype), float64 for a model that
+    follows its input (e.g. ExactFlowMap)."""
+    dtype = model_dtype(model)
+    return torch.float64 if dtype is None else dtype
 
 
 @torch.no_grad()

@@ -312,3 +312,20 @@ def test_metrics_follow_float32_and_bad_input():
         mmd2(x, y, bandwidths=[-1.0])
     with pytest.raises(ValueError, match="unknown metric"):
         quality_vs_steps(euler_step(GaussianFlow([0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]])), x.double(), metrics=("fid",))
+
+
+def test_quality_vs_steps_evaluates_a_float32_model_on_float64_references(flow):
+    """The diagnostics layer casts at its own entry (as the detectors do): a float32 MLP against
+    float64 reference samples runs (it raised "x has dtype torch.float64", an internal name); the
+    noise is drawn in the model's dtype and the samples compared in float64, so the values equal
+    the metrics computed here on the model's own float32 samples."""
+    from workbench.models import make_mlp_flow_map
+
+    torch.manual_seed(0)
+    model = make_mlp_flow_map(2, hidden=8, depth=1).to(torch.float32)
+    ref = flow.sample_data(64, torch.Generator().manual_seed(1))
+    res = quality_vs_steps(model, ref, steps=(1, 2), metrics=("w2",), generator=torch.Generator().manual_seed(2))
+    x0 = torch.randn(64, 2, dtype=torch.float32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        x1 = model.flow_map(0.0, 1.0, x0).double()
+    assert abs(res.metrics["w2"][0] - wasserstein2(ref, x1)) < TOL

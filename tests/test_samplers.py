@@ -3,6 +3,7 @@ marginals against their exact laws, fixed seeds), the diagonal split is exact, b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -169,3 +170,29 @@ def test_bad_sampler_arguments():
         sample_times(4, sampler=object())
     with pytest.raises(ValueError, match="intermediate"):
         sample_times(4, intermediate="third")
+
+
+def test_sampler_contracts_go_through_check_implements():
+    """Time and intermediate samplers are checked against their protocols (TimeSampler,
+    IntermediateSampler) by the one contract check: the message names the argument, the protocol
+    and what is missing, at every entry that takes a sampler."""
+    from workbench.losses import OBJECTIVES
+    from workbench.losses.flow_matching import _DiagonalOnly
+    from workbench.losses.samplers import get_intermediate
+
+    class DiagonalOnly:
+        def sample_diagonal(self, n, generator=None, dtype=torch.float64, device=None):
+            return torch.zeros(n, dtype=dtype)
+
+    want = r"^sampler must implement TimeSampler \(sample, sample_diagonal\); DiagonalOnly lacks sample$"
+    with pytest.raises(TypeError, match=want):
+        sample_times(4, sampler=DiagonalOnly())
+    with pytest.raises(TypeError, match=want):
+        _DiagonalOnly(DiagonalOnly())
+    with pytest.raises(TypeError, match=want):
+        dataclasses.replace(OBJECTIVES["lsd"], sampler=DiagonalOnly())
+    with pytest.raises(TypeError, match=r"^intermediate must implement IntermediateSampler \(sample, sample_gamma\); "
+                                        r"DiagonalOnly lacks sample, sample_gamma$"):
+        get_intermediate(DiagonalOnly())
+    mid = get_intermediate("midpoint")
+    assert get_intermediate(mid) is mid

@@ -183,3 +183,28 @@ def test_device_arguments_of_the_entry_helpers():
         EightGaussians().means(torch.int64)
     with pytest.raises(ValueError, match="device 'gpu0'"):
         EightGaussians().means(device="gpu0")
+
+
+def test_model_dtype_is_the_one_answer():
+    """A model's own ``dtype`` wins (None included), else its first floating parameter's, else None."""
+    from workbench.core.validation import model_dtype
+    from workbench.models import ExactFlowMap, make_mlp_flow_map
+    from workbench.models.perturbed import PerturbedFlowMap
+
+    flow = GaussianFlow([0.0], [[1.0]])
+    assert model_dtype(flow) is None and model_dtype(ExactFlowMap(flow)) is None
+    mlp32 = make_mlp_flow_map(1, hidden=4, depth=1).to(torch.float32)
+    assert model_dtype(mlp32) == torch.float32 and model_dtype(mlp32.double()) == torch.float64
+    # a float64 eps around a parameter-free base: the wrapper's own dtype (None) wins over eps's
+    assert model_dtype(PerturbedFlowMap(ExactFlowMap(flow))) is None
+    assert model_dtype(PerturbedFlowMap(make_mlp_flow_map(1, hidden=4, depth=1).float())) == torch.float32
+
+    class Plain(torch.nn.Module):  # no dtype attribute: the first floating parameter
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+            self.step = torch.nn.Parameter(torch.zeros((), dtype=torch.int32), requires_grad=False)
+            self.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))
+
+    assert model_dtype(Plain()) == torch.float16
+    assert model_dtype(object()) is None

@@ -26,6 +26,7 @@ from .core.validation import (
     check_positive_int,
     check_sampling_args,
     check_state,
+    model_dtype,
 )
 
 __all__ = [
@@ -108,19 +109,6 @@ def sample_flow_map(model, x0: torch.Tensor, n_steps: int | None = None, grid: o
         alive &= torch.isfinite(x.flatten(1)).all(dim=1)
     x[~alive] = torch.nan
     return x
-
-
-def model_dtype(model: object) -> torch.dtype | None:
-    """The floating dtype a model computes in: its ``dtype`` attribute if it has one, else that of its first
-    floating parameter (an ``nn.Module``), else None (an analytic flow follows its input)."""
-    dtype = getattr(model, "dtype", None)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return None
 
 
 def _model_device(model: object) -> torch.device | None:

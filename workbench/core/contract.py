@@ -85,6 +85,29 @@ class FlowMapModel(Flow, Protocol):
     def average_velocity(self, s: TimeLike, t: TimeLike, x: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class TimeSampler(Protocol):
+    """A law of training times: pairs (s, t) with s <= t from ``sample(n, generator, dtype, device)`` and
+    diagonal times from ``sample_diagonal(n, generator, dtype, device)``, each (n,)."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
+               device: Any = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def sample_diagonal(self, n: int, generator: torch.Generator | None = None,
+                        dtype: torch.dtype = torch.float64, device: Any = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class IntermediateSampler(Protocol):
+    """A law of the intermediate time u = gamma s + (1 - gamma) t: ``sample_gamma(n, generator, dtype,
+    device)`` gives gamma (n,), ``sample(s, t, generator)`` gives u (batch,)."""
+
+    def sample_gamma(self, n: int, generator: torch.Generator | None = None,
+                     dtype: torch.dtype = torch.float64, device: Any = None) -> torch.Tensor: ...
+
+    def sample(self, s: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
 def protocol_members(protocol: type) -> list[str]:
     """The public attributes and methods a runtime-checkable protocol requires, sorted."""
     names: set[str] = set()

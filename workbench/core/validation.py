@@ -99,6 +99,24 @@ def check_dtype_matches(x: torch.Tensor, name: str, dtype: torch.dtype, owner: s
     return x
 
 
+def model_dtype(model: object) -> torch.dtype | None:
+    """The floating dtype ``model`` computes in: THE one answer the mixed-dtype rule uses everywhere.
+
+    A model's own ``dtype`` attribute wins when it has one (a torch.dtype, or None for a wrapper whose
+    base follows its input, e.g. ``PerturbedFlowMap(ExactFlowMap(flow))``); else the dtype of its first
+    floating parameter (an ``nn.Module``); else None: a model without parameters (an analytic flow,
+    ``ExactFlowMap``) follows its input's dtype and accepts any floating tensor."""
+    if hasattr(model, "dtype"):
+        dtype = model.dtype
+        if dtype is None or isinstance(dtype, torch.dtype):
+            return dtype
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
 def check_floating_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
     """dtype must be a floating torch.dtype (float16, bfloat16, float32, float64)."""
     if not isinstance(dtype, torch.dtype):

@@ -29,7 +29,7 @@ from .detectors.base import (
     DetectorReport,
     NonFiniteOutput,
     Probe,
-    check_model,
+    check_model_dim,
     evaluating,
     model_dtype_device,
     not_applicable,
@@ -55,7 +55,7 @@ def diagnose(model: object, *, reference: object = None, data: torch.Tensor | No
     Returns the gate ``non_finite`` first, then the other detectors in registry order (the map-level
     ones, then the history-level ones).
     """
-    dim = check_model(model)
+    dim = check_model_dim(model)
     if probe is None:
         _, device = model_dtype_device(model)
         probe = Probe(dim, reference=reference, data=data, generator=generator, n=n, interpolant=interpolant,

@@ -9,6 +9,13 @@ their device in their dtype (float64 recommended) and returns a Python float:
 * :func:`mmd2`: unbiased MMD^2 with a sum of RBF kernels (median-heuristic bandwidths);
 * :func:`energy_distance`: 2 E|X - Y| - E|X - X'| - E|Y - Y'|;
 * :func:`histogram_kl`: KL between smoothed histograms on a fixed grid (B25's checkerboard table).
+
+Dtypes: the diagnostics layer evaluates a model in the dtype it computes in
+(:func:`workbench.core.validation.model_dtype`) and casts at its own entry, as the detectors do:
+:func:`quality_vs_steps` draws its noise in the model's dtype and compares the model's samples with
+the reference samples in float64, so a float32 model is evaluated against float64 references without
+the caller casting anything. The metrics themselves take samples of any floating dtype (the second set
+is cast to the first's).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 import torch
 
 from ..core.times import broadcast_time, expand_as_state
-from ..core.validation import check_finite, check_positive_int, check_tensor
+from ..core.validation import check_finite, check_positive_int, check_tensor, model_dtype
 from ..sampling import sample_flow_map, sample_ode
 
 _CHUNK = 2048
@@ -311,8 +318,10 @@ def quality_vs_steps(model: object, reference_samples: torch.Tensor, steps: Sequ
     """Sample quality of N-step flow-map sampling (:func:`workbench.sampling.sample_flow_map` on the
     uniform grid, without autograd) for N in ``steps``.
 
-    x0 ~ N(0, I) of shape (n, dim) (n defaults to the number of reference samples) in the dtype and
-    on the device of ``reference_samples``, drawn once from ``generator`` and shared by every N.
+    x0 ~ N(0, I) of shape (n, dim) (n defaults to the number of reference samples) in the dtype the
+    model computes in (:func:`workbench.core.validation.model_dtype`; that of ``reference_samples``
+    for a model that follows its input) on the device of ``reference_samples``, drawn once from
+    ``generator`` and shared by every N. Samples and references are compared in float64.
     ``metrics``: names from :data:`SAMPLE_METRICS` or a mapping name -> metric(reference, generated).
     Raises :class:`~workbench.diagnostics.detectors.base.NonFiniteOutput` (a ValueError) when the
     model's samples hold NaN / inf.
@@ -328,10 +337,13 @@ def quality_vs_steps(model: object, reference_samples: torch.Tensor, steps: Sequ
                 raise ValueError(f"unknown metric {name!r}; choose from {sorted(SAMPLE_METRICS)} or pass a mapping")
             chosen[name] = SAMPLE_METRICS[name]
     n = ref.shape[0] if n is None else check_positive_int(n, "n")
-    x0 = torch.randn((n, *reference_samples.shape[1:]), dtype=ref.dtype, device=ref.device, generator=generator)
+    dtype = model_dtype(model) or ref.dtype
+    x0 = torch.randn((n, *reference_samples.shape[1:]), dtype=dtype, device=ref.device, generator=generator)
     with torch.no_grad():
-        one = _finite_samples(sample_flow_map(model, x0, n_steps=1), 1)
-        samples = {k: one if k == 1 else _finite_samples(sample_flow_map(model, x0, n_steps=k), k) for k in steps}
+        one = _finite_samples(sample_flow_map(model, x0, n_steps=1), 1).to(torch.float64)
+        samples = {k: one if k == 1 else _finite_samples(sample_flow_map(model, x0, n_steps=k), k).to(torch.float64)
+                   for k in steps}
+    ref = ref.to(torch.float64)
     values: dict[str, list[float]] = {k: [] for k in chosen}
     drift = []
     for k in steps:

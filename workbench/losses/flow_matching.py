@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import torch
 
+from ..core.contract import TimeSampler, check_implements
 from ..flows.interpolants import LinearInterpolant
 from .base import ObjectiveResult, TimeBatch
 from .samplers import UniformTriangle
@@ -68,8 +69,7 @@ class _DiagonalOnly:
     base: object
 
     def __post_init__(self) -> None:
-        if not hasattr(self.base, "sample_diagonal"):
-            raise TypeError(f"sampler must provide sample_diagonal, got {type(self.base).__name__}")
+        check_implements(self.base, TimeSampler, "sampler")
 
     def sample(self, n, generator=None, dtype=torch.float64, device=None):  # pragma: no cover - unused
         t = self.base.sample_diagonal(n, generator, dtype, device)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.contract import IntermediateSampler, TimeSampler, check_implements
 from ..core.validation import check_positive_int
 from .base import TimeBatch
 
@@ -277,13 +278,11 @@ INTERMEDIATES = {"midpoint": Midpoint, "uniform": UniformIntermediate}
 
 def get_intermediate(spec: object) -> Midpoint | UniformIntermediate:
     """An intermediate-time sampler from an instance or a name ('midpoint', 'uniform')."""
-    if isinstance(spec, (Midpoint, UniformIntermediate)) or (
-        hasattr(spec, "sample_gamma") and hasattr(spec, "sample")
-    ):
-        return spec
-    if isinstance(spec, str) and spec in INTERMEDIATES:
-        return INTERMEDIATES[spec]()
-    raise ValueError(f"intermediate must be 'midpoint', 'uniform' or a sampler instance, got {spec!r}")
+    if isinstance(spec, str):
+        if spec in INTERMEDIATES:
+            return INTERMEDIATES[spec]()
+        raise ValueError(f"intermediate must be 'midpoint', 'uniform' or a sampler instance, got {spec!r}")
+    return check_implements(spec, IntermediateSampler, "intermediate")
 
 
 def intermediate_time(s: torch.Tensor, t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -326,10 +325,7 @@ def sample_times(
     """
     check_positive_int(n, "n")
     sampler = UniformTriangle() if sampler is None else sampler
-    if not (hasattr(sampler, "sample") and hasattr(sampler, "sample_diagonal")):
-        raise TypeError(
-            f"sampler must provide sample(n, ...) and sample_diagonal(n, ...), got {type(sampler).__name__}"
-        )
+    check_implements(sampler, TimeSampler, "sampler")
     n_d = n_diagonal(n, diag_fraction)
     _, out = _device(generator, device)
     parts_s, parts_t = [], []

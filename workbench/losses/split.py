@@ -36,8 +36,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.contract import FlowMapModel, check_implements
-from ..core.validation import check_dtype_matches, check_finite, check_generator, check_tensor, value_checks_disabled
+from ..core.contract import Flow, FlowMapModel, TimeSampler, check_implements, protocol_members
+from ..core.validation import (
+    check_dtype_matches,
+    check_finite,
+    check_generator,
+    check_tensor,
+    model_dtype,
+    value_checks_disabled,
+)
 from ..flows.interpolants import LinearInterpolant, get_interpolant
 from .base import ObjectiveResult, TimeBatch
 from .derivatives import check_method
@@ -96,16 +103,6 @@ def check_positive(value: object, name: str, *, allow_none: bool = False) -> Non
         raise ValueError(f"{name} must be a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
 
 
-def model_dtype(model: object) -> torch.dtype | None:
-    """The dtype a model computes in: its first parameter's (a neural model), else its own ``dtype``
-    attribute when it has one, else None (an analytic map follows its input's dtype)."""
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.dtype
-    dtype = getattr(model, "dtype", None)
-    return dtype if isinstance(dtype, torch.dtype) else None
-
-
 def check_model(model: object) -> object:
     """model must be a flow-map model (``FlowMapModel``: average_velocity(s, t, x), flow_map(s, t, x),
     velocity(t, x) and dim, the methods callable); TypeError naming what it lacks otherwise."""
@@ -132,16 +129,13 @@ def check_data(model: object, x1: object) -> torch.Tensor:
 
 
 def check_teacher(teacher: object, needs: tuple[str, ...] = ("velocity",)) -> object:
-    """A ``teacher`` field at construction: None or an object with the methods ``needs`` (an analytic
-    flow or a flow-map model); TypeError naming the teacher otherwise."""
+    """A ``teacher`` field at construction: None or a :class:`~workbench.core.contract.Flow` (an analytic
+    flow or a flow-map model) that also has the members ``needs`` beyond the flow contract (e.g.
+    ``log_prob``); TypeError naming the teacher otherwise (:func:`~workbench.core.contract.check_implements`)."""
     if teacher is None:
         return None
-    for attr in needs:
-        if not callable(getattr(teacher, attr, None)):
-            calls = {"velocity": "velocity(t, x)", "flow_map": "flow_map(s, t, x)"}
-            raise TypeError(f"teacher must provide {', '.join(calls.get(a, a) for a in needs)} (an analytic flow or "
-                            f"a flow-map model); {type(teacher).__name__} lacks {attr!r}")
-    return teacher
+    flow_members = protocol_members(Flow)
+    return check_implements(teacher, Flow, "teacher", also=tuple(n for n in needs if n not in flow_members))
 
 
 def _check_teacher_matches(objective: object, x1: torch.Tensor) -> None:
@@ -203,8 +197,7 @@ class SplitConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "interpolant", get_interpolant(self.interpolant))
         check_fraction(self.diag_fraction, "diag_fraction")
-        if not (hasattr(self.sampler, "sample") and hasattr(self.sampler, "sample_diagonal")):
-            raise TypeError(f"sampler must provide sample and sample_diagonal, got {type(self.sampler).__name__}")
+        check_implements(self.sampler, TimeSampler, "sampler")
         object.__setattr__(self, "weighting", get_weighting(self.weighting))
         check_method(self.method)
         if self.fd_eps is not None and not (isinstance(self.fd_eps, (int, float)) and self.fd_eps > 0):

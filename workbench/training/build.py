@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..core.contract import Flow
+from ..core.contract import Flow, check_implements
 from ..core.seeding import choose_device
 from ..core.validation import check_device
 from .config import ModelConfig, ObjectiveConfig
@@ -50,9 +50,7 @@ def _override_value(name: str, current: Any, value: Any, data: Any) -> Any:
             flow = data.as_flow()
         except (AttributeError, ValueError) as err:
             raise ValueError(f"objective.teacher = 'data' needs a data source with an analytic flow: {err}") from None
-        if not isinstance(flow, Flow):
-            raise TypeError(f"data.as_flow() must return a flow (velocity, flow_map, dim), got {type(flow).__name__}")
-        return flow
+        return check_implements(flow, Flow, "data.as_flow()")
     if dataclasses.is_dataclass(current) and not isinstance(current, type) and isinstance(value, dict):
         return dataclasses.replace(current, **value)
     if isinstance(current, tuple) and isinstance(value, list):

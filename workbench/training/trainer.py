@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..core.contract import FlowMapModel
+from ..core.contract import FlowMapModel, check_implements
 from ..losses.base import ObjectiveResult, TimeBatch
 from ..rundir import RunDir, append_jsonl, check_run_dir, rewrite_last_jsonl
 from .build import DTYPES, build_model, build_objective, check_schedules, resolve_device
@@ -168,9 +168,11 @@ class Trainer:
             every = getattr(cb, "every", None)
             if isinstance(every, bool) or not isinstance(every, int) or every < 1:
                 raise ValueError(f"{type(cb).__name__}.every must be a positive int (a cadence in steps), got {every!r}")
-        if model is not None and not (isinstance(model, torch.nn.Module) and isinstance(model, FlowMapModel)):
-            raise TypeError("model must be a torch.nn.Module implementing the flow-map contract (dim, velocity, "
-                            f"flow_map, average_velocity), got {type(model).__name__}")
+        if model is not None:
+            check_implements(model, FlowMapModel, "model")
+            if not isinstance(model, torch.nn.Module):
+                raise TypeError(f"model must be a torch.nn.Module (the trainer optimises its parameters), "
+                                f"got {type(model).__name__}")
         if objective is not None and not callable(objective):
             raise TypeError(f"objective must be callable as objective(model, x1, generator=...), got {type(objective).__name__}")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ...core.contract import Flow, check_implements
-from ...core.validation import check_positive_int, check_tensor
+from ...core.validation import check_positive_int, check_tensor, model_dtype
 from ...flows.base import data_end_time
 
 F64 = torch.float64
@@ -79,15 +79,20 @@ def not_applicable(name: str, code: str, threshold: float, why: str, *, fires_ab
 
 # -- the model under test ---------------------------------------------------------------------------
 def model_dtype_device(model: object) -> tuple[torch.dtype, torch.device | None]:
-    """(dtype, device) of the model's first floating parameter or buffer; (float64, None) if it has none."""
+    """(dtype, device) the model computes on: the dtype is :func:`workbench.core.validation.model_dtype`
+    (float64 for a model that follows its input, e.g. an analytic flow or ``ExactFlowMap``), the device
+    that of its first floating parameter or buffer (None if it has none)."""
+    dtype = model_dtype(model)
+    device = None
     if isinstance(model, torch.nn.Module):
         for p in list(model.parameters()) + list(model.buffers()):
             if p.is_floating_point():
-                return p.dtype, p.device
-    return F64, None
+                device = p.device
+                break
+    return (F64 if dtype is None else dtype), device
 
 
-def check_model(model: object) -> int:
+def check_model_dim(model: object) -> int:
     """The model must have the flow contract (:class:`workbench.core.contract.Flow`: velocity,
     flow_map, dim); returns dim."""
     check_implements(model, Flow, "model")
@@ -278,7 +283,7 @@ def _fmt_time(t: object) -> str:
 def resolve_probe(model: object, probe: Probe | None, reference: object, data: torch.Tensor | None,
                   generator: torch.Generator | None, n: int) -> Probe:
     """The probe a detector runs on: the given one, or a fresh one for these inputs."""
-    dim = check_model(model)
+    dim = check_model_dim(model)
     if probe is not None:
         if not isinstance(probe, Probe):
             raise TypeError(f"probe must be a Probe, got {type(probe).__name__}")
