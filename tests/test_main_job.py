@@ -256,3 +256,31 @@ def test_run_state_names_a_damaged_config_and_redoes_a_damaged_evaluation(tmp_pa
     assert read_evaluation(rd.path) is None and run_state(job) == "resume"
     rd.evaluation.write_text(json.dumps({"spec": job.evaluation.to_dict()}))
     assert run_state(job) == "done"
+
+
+def test_a_corrupt_final_checkpoint_is_trained_again_not_reported_finished(tmp_path):
+    """The newest checkpoint of a finished run is torn: the run is not taken as finished on the
+    strength of the file name; the trainer sets it aside, resumes from the older one and ends with a
+    good checkpoint of the last step."""
+    from workbench.training.checkpoint import find_latest, list_checkpoints
+
+    job = _tiny_job(tmp_path)
+    job = dataclasses.replace(job, config=dataclasses.replace(job.config, checkpoint_every=2, keep_checkpoints=3))
+    assert jobs.run_job(job).status == "completed"
+    (*_, (last, newest)) = list_checkpoints(job.run_dir)
+    assert last == 6
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="unusable checkpoint"):
+        res = jobs.run_job(job)
+    assert res.status == "completed" and res.training.steps_done == 6 and res.training.sessions == 2
+    found = find_latest(job.run_dir)
+    assert found.step == 6 and found.skipped == ()
+    assert job.rundir.unusable_checkpoint(6).is_file()
+
+
+def test_an_unreadable_training_summary_is_reported_by_name(tmp_path):
+    job = _tiny_job(tmp_path)
+    assert jobs.run_job(job).status == "completed"
+    job.rundir.training.write_text("{ torn")
+    with pytest.warns(UserWarning, match=re.escape(str(job.rundir.training))):
+        assert jobs._prior_summary(job.rundir) is None
