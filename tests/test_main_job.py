@@ -224,11 +224,13 @@ def test_figures_leave_out_runs_with_non_finite_samples(tmp_path, monkeypatch):
 
     monkeypatch.setattr(main_job, "make_all_figures", fake)
     fail = False
-    paths, notes = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    paths, notes, failed = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    assert not failed
     assert calls == [[gallery, good]] and len(notes) == 1 and "checkerboard-isd" in notes[0] and "non-finite" in notes[0]
     calls.clear()
     fail = True  # the figure code fails: the gallery alone is drawn and the failure is noted
-    paths, notes = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    paths, notes, failed = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    assert failed
     assert calls == [[gallery, good], [gallery]] and any("figure code broke" in n for n in notes)
 
 
@@ -284,3 +286,31 @@ def test_an_unreadable_training_summary_is_reported_by_name(tmp_path):
     job.rundir.training.write_text("{ torn")
     with pytest.warns(UserWarning, match=re.escape(str(job.rundir.training))):
         assert jobs._prior_summary(job.rundir) is None
+
+
+def test_a_failure_of_the_figure_code_is_noted_and_makes_the_exit_code_non_zero(tmp_path, monkeypatch):
+    """A programming error in the analysis code does not end as a note of a job that exits 0."""
+    gallery = tmp_path / "runs" / "gallery"
+
+    def broken(plan, dirs, out):
+        if len(dirs) > 1:
+            raise AttributeError("'NoneType' object has no attribute 'shape'")
+        return [], []
+
+    monkeypatch.setattr(main_job, "write_gallery_run", lambda *a, **k: gallery)
+    monkeypatch.setattr(main_job, "run_plan", lambda *a, **k: ([], False))
+    monkeypatch.setattr(main_job, "make_all_figures", broken)
+    monkeypatch.setattr(main_job, "read_evaluation", lambda rd: {})
+    plan = dataclasses.replace(SMOKE, methods=("lsd",), datasets=("gmm",))
+    monkeypatch.setitem(BUDGETS, "smoke", plan)
+    root = tmp_path / "runs" / "main-smoke"
+    (root / "gmm-lsd").mkdir(parents=True)
+    (root / "gmm-lsd" / EVALUATION_FILE).write_text("{}")
+    from workbench.experiments import report
+
+    monkeypatch.setattr(report, "write_report", lambda run_dirs, path, **kw: (
+        path.write_text("\n".join(kw["notes"])), path)[1])
+    rc = main(["--budget", "smoke", "--runs", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"),
+               "--no-progress"])
+    assert rc == 1
+    assert "AttributeError" in (root / "report.md").read_text()
