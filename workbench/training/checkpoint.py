@@ -253,7 +253,9 @@ def unusable_message(run_dir: str | Path, skipped: tuple[tuple[int, Path, str], 
     reasons = "; ".join(f"step {step}: {reason}" for step, _, reason in skipped)
     return (f"none of the {len(skipped)} checkpoint(s) in {RunDir(run_dir).checkpoint_dir} is usable ({reasons}). "
             "Refusing to restart from step 0 silently: restore a good copy of a checkpoint, or start afresh "
-            "explicitly (allow_fresh_start=True; the unusable files are then set aside)")
+            "explicitly, setting the unusable files aside: on the command line "
+            "`python -m workbench.experiments --resume RUN_DIR --fresh-start`, "
+            "in Python Trainer.resume(run_dir, allow_fresh_start=True) or load_latest(run_dir, allow_fresh_start=True)")
 
 
 def load_latest(
