@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from workbench.experiments import jobs, main_job, stopping
-from workbench.experiments.evaluate import EVALUATION_FILE, EvalSpec, evaluate_model, read_evaluation
+from workbench.experiments.evaluate import EvalSpec, evaluate_model, read_evaluation
 from workbench.experiments.main_job import (
     BUDGETS,
     DATASETS,
@@ -31,6 +31,8 @@ from workbench.experiments.specs import Job
 from workbench.flows.registry import make_flow
 from workbench.losses import OBJECTIVES
 from workbench.models import ExactFlowMap
+from workbench.rundir import EVALUATION as EVALUATION_FILE
+from workbench.rundir import REPORT
 
 SMOKE = BUDGETS["smoke"]
 TITLE_TO_METRIC = {title: m for m, (title, _) in METRIC_TITLES.items()}
@@ -313,4 +315,4 @@ def test_a_failure_of_the_figure_code_is_noted_and_makes_the_exit_code_non_zero(
     rc = main(["--budget", "smoke", "--runs", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"),
                "--no-progress"])
     assert rc == 1
-    assert "AttributeError" in (root / "report.md").read_text()
+    assert "AttributeError" in (root / REPORT).read_text()

@@ -177,3 +177,20 @@ def test_run_dir_layout_names():
     assert rd.sessions == Path("runs/x/sessions.jsonl") and rd.metrics == Path("runs/x/metrics.jsonl")
     with pytest.raises(ValueError, match="step must be an int >= 0"):
         rd.checkpoint(-1)
+
+
+def test_map_errors_lists_each_tag_with_the_path_map_error_gives(tmp_path):
+    """Tags from file names, the one place that parses them: the raw model, EMA tags (dots kept);
+    other files of diagnostics/ and a directory of that name are ignored."""
+    rd = RunDir(tmp_path / "run")
+    assert rd.map_errors() == {}
+    d = tmp_path / "run" / "diagnostics"
+    d.mkdir(parents=True)
+    for name in ("map_error.npz", "map_error_ema0.999.npz", "map_error_ema0.99.npz", "grad_bins.npz",
+                 "map_error.npz.tmp", "map_errors.npz", "map_error_.npz", "map_error_model.npz"):
+        (d / name).write_bytes(b"")
+    (d / "map_error_dir.npz").mkdir()
+    got = rd.map_errors()
+    assert got == {"model": d / "map_error.npz", "ema0.99": d / "map_error_ema0.99.npz",
+                   "ema0.999": d / "map_error_ema0.999.npz"}
+    assert list(got)[0] == "model" and all(rd.map_error(tag) == path for tag, path in got.items())

@@ -14,6 +14,8 @@ is the only place that spells a file name of one, and the only implementation of
     <run>/evaluation.json, training.json        the main job's evaluation and training summary
     <run>/gallery.npz                  the analytic-flow gallery (kind "gallery")
 
+and, next to a set of run directories (and in the figures folder), a job's ``report.md`` (``REPORT``).
+
 Atomic writes (:func:`atomic_write`): the bytes go to a temporary file in the target's directory,
 are flushed and fsync'ed, then moved into place with ``os.replace`` (atomic on POSIX) and the
 directory is fsync'ed; a crash leaves the previous file or none, never a torn one. Readers raise
@@ -37,6 +39,7 @@ from typing import IO, Any
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "REPORT",
     "RunDir",
     "append_jsonl",
     "atomic_write",
@@ -61,6 +64,8 @@ DIAGNOSIS_MD = "diagnosis.md"
 EVALUATION = "evaluation.json"
 TRAINING = "training.json"
 GALLERY = "gallery.npz"
+REPORT = "report.md"  # a job's report, in the folder of its run directories and in its figures folder
+_MAP_ERROR = re.compile(r"^map_error(?:_(.+))?\.npz$")
 _TMP_PREFIX = ".tmp-"
 _UNUSABLE_SUFFIX = ".unusable"
 _CHECKPOINT = re.compile(r"^step-(\d+)\.pt$")
@@ -107,6 +112,20 @@ class RunDir:
     def map_error(self, tag: str = "model") -> Path:
         """diagnostics/map_error.npz for the raw model, map_error_<tag>.npz for an EMA tag."""
         return self.path / DIAGNOSTICS_DIR / ("map_error.npz" if tag == "model" else f"map_error_{tag}.npz")
+
+    def map_errors(self) -> dict[str, Path]:
+        """{tag: path} of every map-error file the run has (``map_error(tag)`` for each), in file-name
+        order ("model" first); empty when there is none. Other files in diagnostics/ are ignored."""
+        d = self.path / DIAGNOSTICS_DIR
+        if not d.is_dir():
+            return {}
+        out = {}
+        for path in sorted(d.iterdir()):
+            m = _MAP_ERROR.match(path.name)
+            tag = (m[1] or "model") if m else None
+            if tag is not None and path.is_file() and path == self.map_error(tag):
+                out[tag] = path
+        return out
 
     def checkpoint(self, step: int) -> Path:
         """checkpoints/step-<step, 9 digits>.pt."""

@@ -19,14 +19,13 @@ from typing import Any
 
 import torch
 
-from ..rundir import TRAINING as TRAINING_FILE
 from ..rundir import RunDir, atomic_write_json, read_json
 from ..training.callbacks import Callback, StepRecord, TrainContext
 from ..training.checkpoint import find_latest
 from .specs import RUN_STATUSES, DiagnosticsSpec, Job, JobResult, ProgressMessage, TrainingSummary
 from .stopping import init_worker_stop, stop_on_signals, stop_requested
 
-__all__ = ["TRAINING_FILE", "ProgressCallback", "diagnostics_callbacks", "init_worker", "post", "run_job"]
+__all__ = ["ProgressCallback", "diagnostics_callbacks", "init_worker", "post", "run_job"]
 
 _QUEUE: Any = None  # the parent's progress queue (anything with put()), None outside a worker
 

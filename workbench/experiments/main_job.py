@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..rundir import RunDir, atomic_write_text, check_run_dir, read_json
+from ..rundir import REPORT, RunDir, atomic_write_text, check_run_dir, read_json
 from ..training.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, TrainConfig
 from .evaluate import read_evaluation
 from .gallery_run import write_gallery_run
@@ -46,8 +46,6 @@ from .stopping import signal_exit_code, sigterm_as_interrupt
 
 METHODS = ("lsd", "esd", "psd_midpoint", "psd_uniform", "meanflow", "ct", "isd")
 DATASETS = ("checkerboard", "gmm")
-#: the report's file name, in the directory of the plan's run directories and in the figures directory
-REPORT_FILE = "report.md"
 #: relative cost of a training step (workbench.experiments bench, MLP 256x3, batch 512): longest first
 COST = {"isd": 2.5, "esd": 1.9, "lsd": 1.5, "meanflow": 1.2, "ct": 1.1, "psd_midpoint": 1.0, "psd_uniform": 1.0}
 
@@ -345,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     notes += method_notes(plan)
     rel = [str(p.resolve().relative_to(figures_dir.resolve())) if p.resolve().is_relative_to(figures_dir.resolve())
            else str(p) for p in paths if p.suffix == ".png"]
-    report = write_report(run_dirs, root / REPORT_FILE, header=header, figures=[f"{figures_dir}/{p}" for p in rel],
+    report = write_report(run_dirs, root / REPORT, header=header, figures=[f"{figures_dir}/{p}" for p in rel],
                           notes=notes)
-    copy = atomic_write_text(figures_dir / REPORT_FILE, report.read_text(encoding="utf-8"))
+    copy = atomic_write_text(figures_dir / REPORT, report.read_text(encoding="utf-8"))
     print(f"main job finished in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(f"  report: {report} (copy: {copy})", file=sys.stderr)
     print(f"  figures: {len(paths)} files in {figures_dir}", file=sys.stderr)

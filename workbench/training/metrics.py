@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..rundir import METRICS, TB_DIR, RunDir, atomic_write_text, read_jsonl
+from ..rundir import RunDir, atomic_write_text, read_jsonl
 
-METRICS_FILE = METRICS  # the file name, kept for importers; paths come from RunDir(run_dir).metrics
-
-__all__ = ["METRICS_FILE", "TB_DIR", "MetricsLog", "read_metrics", "truncate_metrics"]
+__all__ = ["MetricsLog", "read_metrics", "truncate_metrics"]
 
 
 def _clean(v: Any) -> Any:
