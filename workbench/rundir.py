@@ -47,6 +47,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_run_dir",
+    "json_safe",
     "read_json",
     "read_jsonl",
     "rewrite_last_jsonl",
@@ -223,22 +224,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_safe(v: Any) -> Any:
-    """Non-finite floats as None (strict JSON), tensors and numpy scalars as Python numbers."""
+def json_safe(v: Any) -> Any:
+    """Non-finite floats as None (strict JSON), tensors and numpy scalars as Python numbers,
+    recursively through mappings (keys as str) and lists: what every JSON writer here writes."""
     if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 0) == 0:
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, Mapping):
-        return {str(k): _json_safe(x) for k, x in v.items()}
+        return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
 def atomic_write_json(path: str | os.PathLike, doc: Any, *, indent: int | None = 2) -> Path:
     """Atomically write ``doc`` as strict JSON (NaN and inf become null) with a trailing newline."""
-    return atomic_write_text(path, json.dumps(_json_safe(doc), indent=indent, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(json_safe(doc), indent=indent, allow_nan=False) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, row: Mapping[str, Any]) -> Path:
@@ -248,7 +250,7 @@ def append_jsonl(path: str | os.PathLike, row: Mapping[str, Any]) -> Path:
     row stays a line of its own (the torn line is then skipped by :func:`read_jsonl`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_json_safe(dict(row)), allow_nan=False) + "\n"
+    line = json.dumps(json_safe(dict(row)), allow_nan=False) + "\n"
     with open(path, "ab") as f:
         if f.tell() > 0:
             with open(path, "rb") as r:
@@ -268,7 +270,7 @@ def rewrite_last_jsonl(path: str | os.PathLike, update: Mapping[str, Any]) -> Pa
         rows[-1] = {**rows[-1], **update}
     else:
         rows = [dict(update)]
-    text = "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows)
+    text = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in rows)
     return atomic_write_text(path, text)
 
 
