@@ -244,16 +244,11 @@ def gap_curve_from_grid(values: np.ndarray, edges: np.ndarray, label: str) -> Ga
 
 
 def load_map_errors(run_dir: str | Path) -> dict[str, tuple[TimeGridMap, list[GapCurve]]]:
-    """From ``diagnostics/map_error*.npz`` (``RunDir.map_error(tag)``): per model tag ("model",
+    """From the run's map-error files (``RunDir.map_errors()``): per model tag ("model",
     "ema0.999", ...) the map of the last evaluation and by-gap curves of up to four evaluations
     (first, ..., last). ValueError naming the file when one cannot be read."""
-    rd = RunDir(run_dir)
-    plain = rd.map_error("model")
     out = {}
-    for path in sorted(plain.parent.glob(f"{plain.stem}*{plain.suffix}")):
-        tag = "model" if path == plain else path.stem[len(plain.stem) + 1:]
-        if path != rd.map_error(tag):
-            continue
+    for tag, path in RunDir(run_dir).map_errors().items():
         with _NpzReader(path) as z:
             steps, rmse, edges = np.asarray(z["steps"]), np.asarray(z["rmse"], dtype=float), np.asarray(z["edges"])
         if rmse.ndim != 3 or rmse.shape[0] == 0:

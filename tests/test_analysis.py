@@ -715,3 +715,27 @@ def test_gallery_run_refuses_unknown_flows_and_a_file(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(ValueError, match="run_dir must be a directory"):
         write_gallery_run(tmp_path / "f", names=("gaussian_2d",), progress=False)
+
+
+def test_gallery_trajectories_come_from_the_one_trajectory_sampler(monkeypatch):
+    """gallery_arrays steps along its time grid with workbench.sampling.flow_map_trajectory (no
+    re-implementation), and each state is the flow's one-jump map X_(0, t_k)(x_0) of the same start
+    (the semigroup property of the exact Gaussian flow map), up to rounding."""
+    from workbench.experiments import gallery_run
+    from workbench.flows.registry import make_flow
+    from workbench.sampling import flow_map_trajectory
+
+    calls = []
+
+    def spy(model, x0, n_steps=None, grid=None):
+        calls.append(grid)
+        return flow_map_trajectory(model, x0, n_steps, grid)
+
+    monkeypatch.setattr(gallery_run, "flow_map_trajectory", spy)
+    out = gallery_run.gallery_arrays("gaussian_2d", n_traj=8, n_times=9, seed=1)
+    assert len(calls) == 1 and np.array_equal(np.asarray(calls[0]), out["times"])
+    flow = make_flow("gaussian_2d")
+    x0 = torch.from_numpy(out["trajectories"][0])
+    direct = np.stack([flow.flow_map(0.0, float(t), x0).numpy() for t in out["times"]])
+    scale = float(np.abs(direct).max())
+    assert np.abs(out["trajectories"] - direct).max() <= 64 * len(out["times"]) * eps(torch.float64) * scale

@@ -6,8 +6,10 @@ restart from step 0) when none is usable. Also the trainer's handling of a non-f
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import warnings
@@ -33,7 +35,13 @@ from workbench.training import (
     read_metrics,
     save_checkpoint,
 )
-from workbench.training.checkpoint import CHECKSUM_KEY, CheckpointError, nonfinite_tensors, state_digest
+from workbench.training.checkpoint import (
+    CHECKSUM_KEY,
+    CheckpointError,
+    find_latest,
+    nonfinite_tensors,
+    state_digest,
+)
 
 F32_MAX = float(torch.finfo(torch.float32).max)
 GAUSS = DataConfig("gaussian", {"mean": [1.0, -0.5], "cov": [[0.5, 0.2], [0.2, 0.3]]})
@@ -458,3 +466,31 @@ def test_sessions_log_one_line_per_session_with_its_end(tmp_path):
     rows = read_jsonl(RunDir(tmp_path / "run").sessions)
     assert [(r["start_step"], r["end_step"], r["status"]) for r in rows] == [(0, 5, "interrupted"), (5, 12, "completed")]
     assert json.loads(RunDir(tmp_path / "run").sessions.read_text().splitlines()[0])["message"].startswith("test stop")
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(5, "Input/output error"),
+                                   MemoryError()], ids=["EACCES", "EIO", "MemoryError"])
+def test_a_transient_read_error_propagates_and_sets_no_checkpoint_aside(tmp_path, finished, monkeypatch, error):
+    """An I/O or memory failure says nothing about the file: it is not a CheckpointError, find_latest
+    does not skip to an older checkpoint, and resuming keeps the newest file where it is."""
+    run_dir = copy_run(finished, tmp_path / "run")
+    before = list_checkpoints(run_dir)
+    newest = before[-1][1]
+    real_open = builtins.open
+
+    def failing_open(file, *args, **kwargs):  # the read of the newest checkpoint fails, whoever opens it
+        if isinstance(file, (str, Path)) and Path(file) == newest:
+            raise error
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    monkeypatch.setattr(io, "open", failing_open)
+    with pytest.raises(type(error)):
+        load_checkpoint(newest)
+    with pytest.raises(type(error)):
+        find_latest(run_dir)
+    with pytest.raises(type(error)):
+        Trainer.resume(run_dir)
+    assert list_checkpoints(run_dir) == before and not list(RunDir(run_dir).checkpoint_dir.glob("*.unusable"))
+    monkeypatch.undo()
+    assert Trainer.resume(run_dir).step == 12  # the failure has passed: nothing was lost

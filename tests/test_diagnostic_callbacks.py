@@ -9,8 +9,10 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -432,3 +434,21 @@ def test_training_does_not_import_diagnostics():
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 a torn zip", b"not an npz at all"])
+def test_an_unreadable_earlier_history_is_reported_by_name(tmp_path, content):
+    """On resume, a history file that cannot be read is dropped with a warning naming it (not silently);
+    a missing one is a first session (no warning); a good one is sliced to the resumed step."""
+    from workbench.diagnostics.callbacks import _load_slices
+
+    path = tmp_path / "grad_bins.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _load_slices(path, ("steps", "v"), 10) == {}
+    np.savez(path, steps=np.array([5, 10, 15]), v=np.array([1.0, 2.0, 3.0]))
+    got = _load_slices(path, ("steps", "v"), 10)
+    assert [int(s) for s in got["steps"]] == [5, 10] and [float(v) for v in got["v"]] == [1.0, 2.0]
+    path.write_bytes(content)
+    with pytest.warns(UserWarning, match=re.escape(str(path))):
+        assert _load_slices(path, ("steps", "v"), 10) == {}

@@ -234,3 +234,28 @@ def test_every_config_key_with_a_value_of_the_wrong_type_or_size(value, capsys):
         if rc == 2:
             leaf = key.split(".")[-1]
             assert leaf in err or key.split(".")[0] in err, (key, value, err)
+
+
+def test_resume_with_no_usable_checkpoint_names_fresh_start_which_the_command_line_accepts(tmp_path, capsys):
+    """The refusal to restart from step 0 tells the user how to do it from the command line, and
+    ``--resume RUN_DIR --fresh-start`` does it (the unusable checkpoints are set aside)."""
+    from workbench.rundir import RunDir
+
+    run_dir = tmp_path / "run"
+    assert cli_main(["gauss2d-lsd", "--run-dir", str(run_dir), *_QUICK]) == 0
+    checkpoints = RunDir(run_dir).checkpoints()
+    assert checkpoints
+    for _, path in checkpoints:
+        path.write_bytes(path.read_bytes()[:100])  # torn
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="skipping checkpoint"):
+        assert cli_main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "is usable" in err and "--resume RUN_DIR --fresh-start" in err and "Traceback" not in err
+    with pytest.warns(UserWarning, match="skipping checkpoint"):
+        assert cli_main(["--resume", str(run_dir), "--fresh-start"]) == 0
+    assert "resuming at step 0" in capsys.readouterr().err
+    assert [s for s, _ in RunDir(run_dir).checkpoints()] == [s for s, _ in checkpoints]  # trained again
+    assert all(RunDir(run_dir).unusable_checkpoint(s).is_file() for s, _ in checkpoints)
+    assert cli_main(["gauss2d-lsd", "--fresh-start", *_QUICK]) == 2
+    assert "--fresh-start goes with --resume" in capsys.readouterr().err

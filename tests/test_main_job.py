@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from workbench.experiments import jobs, main_job, stopping
-from workbench.experiments.evaluate import EVALUATION_FILE, EvalSpec, evaluate_model, read_evaluation
+from workbench.experiments.evaluate import EvalSpec, evaluate_model, read_evaluation
 from workbench.experiments.main_job import (
     BUDGETS,
     DATASETS,
@@ -31,6 +31,8 @@ from workbench.experiments.specs import Job
 from workbench.flows.registry import make_flow
 from workbench.losses import OBJECTIVES
 from workbench.models import ExactFlowMap
+from workbench.rundir import EVALUATION as EVALUATION_FILE
+from workbench.rundir import REPORT
 
 SMOKE = BUDGETS["smoke"]
 TITLE_TO_METRIC = {title: m for m, (title, _) in METRIC_TITLES.items()}
@@ -224,11 +226,13 @@ def test_figures_leave_out_runs_with_non_finite_samples(tmp_path, monkeypatch):
 
     monkeypatch.setattr(main_job, "make_all_figures", fake)
     fail = False
-    paths, notes = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    paths, notes, failed = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    assert not failed
     assert calls == [[gallery, good]] and len(notes) == 1 and "checkerboard-isd" in notes[0] and "non-finite" in notes[0]
     calls.clear()
     fail = True  # the figure code fails: the gallery alone is drawn and the failure is noted
-    paths, notes = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    paths, notes, failed = main_job.figures_stage(SMOKE, gallery, [good, bad], tmp_path / "fig")
+    assert failed
     assert calls == [[gallery, good], [gallery]] and any("figure code broke" in n for n in notes)
 
 
@@ -256,3 +260,59 @@ def test_run_state_names_a_damaged_config_and_redoes_a_damaged_evaluation(tmp_pa
     assert read_evaluation(rd.path) is None and run_state(job) == "resume"
     rd.evaluation.write_text(json.dumps({"spec": job.evaluation.to_dict()}))
     assert run_state(job) == "done"
+
+
+def test_a_corrupt_final_checkpoint_is_trained_again_not_reported_finished(tmp_path):
+    """The newest checkpoint of a finished run is torn: the run is not taken as finished on the
+    strength of the file name; the trainer sets it aside, resumes from the older one and ends with a
+    good checkpoint of the last step."""
+    from workbench.training.checkpoint import find_latest, list_checkpoints
+
+    job = _tiny_job(tmp_path)
+    job = dataclasses.replace(job, config=dataclasses.replace(job.config, checkpoint_every=2, keep_checkpoints=3))
+    assert jobs.run_job(job).status == "completed"
+    (*_, (last, newest)) = list_checkpoints(job.run_dir)
+    assert last == 6
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="unusable checkpoint"):
+        res = jobs.run_job(job)
+    assert res.status == "completed" and res.training.steps_done == 6 and res.training.sessions == 2
+    found = find_latest(job.run_dir)
+    assert found.step == 6 and found.skipped == ()
+    assert job.rundir.unusable_checkpoint(6).is_file()
+
+
+def test_an_unreadable_training_summary_is_reported_by_name(tmp_path):
+    job = _tiny_job(tmp_path)
+    assert jobs.run_job(job).status == "completed"
+    job.rundir.training.write_text("{ torn")
+    with pytest.warns(UserWarning, match=re.escape(str(job.rundir.training))):
+        assert jobs._prior_summary(job.rundir) is None
+
+
+def test_a_failure_of_the_figure_code_is_noted_and_makes_the_exit_code_non_zero(tmp_path, monkeypatch):
+    """A programming error in the analysis code does not end as a note of a job that exits 0."""
+    gallery = tmp_path / "runs" / "gallery"
+
+    def broken(plan, dirs, out):
+        if len(dirs) > 1:
+            raise AttributeError("'NoneType' object has no attribute 'shape'")
+        return [], []
+
+    monkeypatch.setattr(main_job, "write_gallery_run", lambda *a, **k: gallery)
+    monkeypatch.setattr(main_job, "run_plan", lambda *a, **k: ([], False))
+    monkeypatch.setattr(main_job, "make_all_figures", broken)
+    monkeypatch.setattr(main_job, "read_evaluation", lambda rd: {})
+    plan = dataclasses.replace(SMOKE, methods=("lsd",), datasets=("gmm",))
+    monkeypatch.setitem(BUDGETS, "smoke", plan)
+    root = tmp_path / "runs" / "main-smoke"
+    (root / "gmm-lsd").mkdir(parents=True)
+    (root / "gmm-lsd" / EVALUATION_FILE).write_text("{}")
+    from workbench.experiments import report
+
+    monkeypatch.setattr(report, "write_report", lambda run_dirs, path, **kw: (
+        path.write_text("\n".join(kw["notes"])), path)[1])
+    rc = main(["--budget", "smoke", "--runs", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"),
+               "--no-progress"])
+    assert rc == 1
+    assert "AttributeError" in (root / REPORT).read_text()

@@ -198,3 +198,20 @@ def test_check_run_dir_refuses_a_directory_it_cannot_write(tmp_path, monkeypatch
     assert asked and target.is_dir()  # created, then refused
     assert check_run_dir(tmp_path / "rw").path == tmp_path / "rw"  # other directories unaffected
     assert check_run_dir(target, "output_dir", create=False).path == target  # no write check without create
+
+
+def test_map_errors_lists_each_tag_with_the_path_map_error_gives(tmp_path):
+    """Tags from file names, the one place that parses them: the raw model, EMA tags (dots kept);
+    other files of diagnostics/ and a directory of that name are ignored."""
+    rd = RunDir(tmp_path / "run")
+    assert rd.map_errors() == {}
+    d = tmp_path / "run" / "diagnostics"
+    d.mkdir(parents=True)
+    for name in ("map_error.npz", "map_error_ema0.999.npz", "map_error_ema0.99.npz", "grad_bins.npz",
+                 "map_error.npz.tmp", "map_errors.npz", "map_error_.npz", "map_error_model.npz"):
+        (d / name).write_bytes(b"")
+    (d / "map_error_dir.npz").mkdir()
+    got = rd.map_errors()
+    assert got == {"model": d / "map_error.npz", "ema0.99": d / "map_error_ema0.99.npz",
+                   "ema0.999": d / "map_error_ema0.999.npz"}
+    assert list(got)[0] == "model" and all(rd.map_error(tag) == path for tag, path in got.items())

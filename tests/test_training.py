@@ -641,3 +641,24 @@ def test_run_dir_arguments_are_checked(tmp_path):
         Trainer.resume(tmp_path / "run" / "config.json")
     with pytest.raises(ValueError, match="cannot be created"):
         Trainer(tiny_config(), tmp_path / "run" / "config.json" / "sub")
+
+
+def test_metrics_log_writes_strict_json_lines_and_closes_a_torn_line_first(tmp_path):
+    """MetricsLog appends through workbench.rundir.append_jsonl: the line is exactly the strict JSON of
+    the cleaned row (NaN, inf as null; tensors and numpy scalars as numbers), and after a session
+    killed mid-write (a torn last line) the next row is a line of its own, not glued to the torn one."""
+    import json as _json
+
+    import numpy as np
+
+    from workbench.training import MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # killed mid-append
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.write(3, {"loss": torch.tensor(0.25), "grad": np.float32(2.0), "bad": math.nan, "hist": [1.0, math.inf]})
+    log.close()
+    lines = path.read_text().split("\n")
+    expected = _json.dumps({"step": 3, "loss": 0.25, "grad": 2.0, "bad": None, "hist": [1.0, None]}, allow_nan=False)
+    assert lines[-2] == expected and lines[-1] == ""
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 3]

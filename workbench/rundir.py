@@ -14,6 +14,8 @@ is the only place that spells a file name of one, and the only implementation of
     <run>/evaluation.json, training.json        the main job's evaluation and training summary
     <run>/gallery.npz                  the analytic-flow gallery (kind "gallery")
 
+and, next to a set of run directories (and in the figures folder), a job's ``report.md`` (``REPORT``).
+
 Atomic writes (:func:`atomic_write`): the bytes go to a temporary file in the target's directory,
 are flushed and fsync'ed, then moved into place with ``os.replace`` (atomic on POSIX) and the
 directory is fsync'ed; a crash leaves the previous file or none, never a torn one. Readers raise
@@ -37,6 +39,7 @@ from typing import IO, Any
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "REPORT",
     "RunDir",
     "append_jsonl",
     "atomic_write",
@@ -44,6 +47,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_run_dir",
+    "json_safe",
     "read_json",
     "read_jsonl",
     "rewrite_last_jsonl",
@@ -61,6 +65,8 @@ DIAGNOSIS_MD = "diagnosis.md"
 EVALUATION = "evaluation.json"
 TRAINING = "training.json"
 GALLERY = "gallery.npz"
+REPORT = "report.md"  # a job's report, in the folder of its run directories and in its figures folder
+_MAP_ERROR = re.compile(r"^map_error(?:_(.+))?\.npz$")
 _TMP_PREFIX = ".tmp-"
 _UNUSABLE_SUFFIX = ".unusable"
 _CHECKPOINT = re.compile(r"^step-(\d+)\.pt$")
@@ -107,6 +113,20 @@ class RunDir:
     def map_error(self, tag: str = "model") -> Path:
         """diagnostics/map_error.npz for the raw model, map_error_<tag>.npz for an EMA tag."""
         return self.path / DIAGNOSTICS_DIR / ("map_error.npz" if tag == "model" else f"map_error_{tag}.npz")
+
+    def map_errors(self) -> dict[str, Path]:
+        """{tag: path} of every map-error file the run has (``map_error(tag)`` for each), in file-name
+        order ("model" first); empty when there is none. Other files in diagnostics/ are ignored."""
+        d = self.path / DIAGNOSTICS_DIR
+        if not d.is_dir():
+            return {}
+        out = {}
+        for path in sorted(d.iterdir()):
+            m = _MAP_ERROR.match(path.name)
+            tag = (m[1] or "model") if m else None
+            if tag is not None and path.is_file() and path == self.map_error(tag):
+                out[tag] = path
+        return out
 
     def checkpoint(self, step: int) -> Path:
         """checkpoints/step-<step, 9 digits>.pt."""
@@ -204,22 +224,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_safe(v: Any) -> Any:
-    """Non-finite floats as None (strict JSON), tensors and numpy scalars as Python numbers."""
+def json_safe(v: Any) -> Any:
+    """Non-finite floats as None (strict JSON), tensors and numpy scalars as Python numbers,
+    recursively through mappings (keys as str) and lists: what every JSON writer here writes."""
     if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 0) == 0:
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, Mapping):
-        return {str(k): _json_safe(x) for k, x in v.items()}
+        return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
 def atomic_write_json(path: str | os.PathLike, doc: Any, *, indent: int | None = 2) -> Path:
     """Atomically write ``doc`` as strict JSON (NaN and inf become null) with a trailing newline."""
-    return atomic_write_text(path, json.dumps(_json_safe(doc), indent=indent, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(json_safe(doc), indent=indent, allow_nan=False) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, row: Mapping[str, Any]) -> Path:
@@ -229,7 +250,7 @@ def append_jsonl(path: str | os.PathLike, row: Mapping[str, Any]) -> Path:
     row stays a line of its own (the torn line is then skipped by :func:`read_jsonl`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_json_safe(dict(row)), allow_nan=False) + "\n"
+    line = json.dumps(json_safe(dict(row)), allow_nan=False) + "\n"
     with open(path, "ab") as f:
         if f.tell() > 0:
             with open(path, "rb") as r:
@@ -249,7 +270,7 @@ def rewrite_last_jsonl(path: str | os.PathLike, update: Mapping[str, Any]) -> Pa
         rows[-1] = {**rows[-1], **update}
     else:
         rows = [dict(update)]
-    text = "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in rows)
+    text = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in rows)
     return atomic_write_text(path, text)
 
 

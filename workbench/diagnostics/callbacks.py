@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +50,17 @@ __all__ = ["DiagnosisCallback", "FlowMapErrorCallback", "PeriodicDiagnosticsCall
 
 def _load_slices(path: Path, keys: Sequence[str], up_to: int) -> dict[str, list]:
     """Per-evaluation slices of an earlier session's npz (steps <= ``up_to``), so a resumed run appends
-    to them; empty when there is no (readable) file."""
+    to them; empty when there is no file, and empty with a warning naming the file when it cannot be
+    read (the earlier history is then lost from the file this session writes)."""
+    if not path.is_file():
+        return {}
     try:
         with np.load(path) as z:
             keep = [i for i, k in enumerate(z["steps"]) if int(k) <= up_to]
             return {k: [z[k][i] for i in keep] for k in keys}
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        warnings.warn(f"cannot read the earlier history {path} ({type(err).__name__}: {err}); this session "
+                      "starts it afresh and the earlier entries are dropped", stacklevel=2)
         return {}
 
 

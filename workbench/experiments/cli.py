@@ -3,6 +3,9 @@
     python -m workbench.experiments --help                 list the presets
     python -m workbench.experiments PRESET [--key value ...] [--run-dir DIR] [--dry-run]
     python -m workbench.experiments --resume RUN_DIR       continue a run from its last checkpoint
+    python -m workbench.experiments --resume RUN_DIR --fresh-start
+                                                           the same, but when no checkpoint is usable set
+                                                           them aside and train again from step 0
     python -m workbench.experiments main [...]             the main job (workbench.experiments.main_job)
     python -m workbench.experiments bench [...]            step time of every objective relative to fm
 
@@ -50,7 +53,7 @@ def _help_text() -> str:
 
 def parse_overrides(args: Sequence[str]) -> tuple[dict[str, str], dict[str, str | bool]]:
     """Split ``--key value`` / ``--key=value`` pairs into config overrides and the CLI's own flags."""
-    own = {"run-dir": str, "resume": str, "dry-run": bool, "help": bool}
+    own = {"run-dir": str, "resume": str, "fresh-start": bool, "dry-run": bool, "help": bool}
     overrides: dict[str, str] = {}
     flags: dict[str, str | bool] = {}
     i = 0
@@ -186,16 +189,18 @@ def load_config(rd: RunDir) -> TrainConfig:
         raise UsageError(str(err)) from None
 
 
-def _train(config: TrainConfig, run_dir: str, resume: bool) -> int:
+def _train(config: TrainConfig, run_dir: str, resume: bool, fresh_start: bool = False) -> int:
     """Train ``config`` in ``run_dir`` (the text given, validated here: '' is refused, not read
-    as the current directory)."""
+    as the current directory); ``fresh_start``: a resume whose checkpoints are all unusable starts
+    again from step 0 (the trainer's ``allow_fresh_start``)."""
     from ..training.trainer import Trainer
 
     data, callbacks = _prepare(config)
     existed = Path(run_dir).exists() if run_dir else True
     run_dir = _run_dir(run_dir, "--resume" if resume else "--run-dir")
     try:
-        trainer = Trainer(config, run_dir, callbacks=callbacks, data=data, resume=resume)
+        trainer = Trainer(config, run_dir, callbacks=callbacks, data=data, resume=resume,
+                          allow_fresh_start=fresh_start)
     except (ValueError, TypeError, RuntimeError, MemoryError) as err:
         if isinstance(err, (RuntimeError, MemoryError)) and not out_of_memory(err):
             raise
@@ -235,10 +240,13 @@ def _run(argv: list[str]) -> int:
         print(_help_text())
         return EXIT_OK if flags.get("help") else EXIT_USAGE
     if "resume" in flags:
-        if preset_name or overrides or "run-dir" in flags:
-            raise UsageError("--resume RUN_DIR takes no preset and no other options (the run's config.json is used)")
+        if preset_name or overrides or set(flags) - {"resume", "fresh-start"}:
+            raise UsageError("--resume RUN_DIR takes no preset and no other options but --fresh-start "
+                             "(the run's config.json is used)")
         rd = _resume_dir(str(flags["resume"]))
-        return _train(load_config(rd), str(rd.path), resume=True)
+        return _train(load_config(rd), str(rd.path), resume=True, fresh_start=bool(flags.get("fresh-start")))
+    if "fresh-start" in flags:
+        raise UsageError("--fresh-start goes with --resume RUN_DIR (a new run starts from step 0 anyway)")
     if preset_name is None:
         raise UsageError("give a preset name (see --help) or --resume RUN_DIR")
     from .presets import get_presets

@@ -40,7 +40,6 @@ from typing import Any
 import torch
 
 from ..flows.base import data_end_time
-from ..rundir import EVALUATION as EVALUATION_FILE
 from ..rundir import RunDir, atomic_write_json, read_json
 from ..sampling import sample_flow_map
 from ..training.build import DTYPES, build_model
@@ -49,7 +48,7 @@ from ..training.config import TrainConfig
 from ..training.metrics import read_metrics
 from .specs import EvalSpec
 
-__all__ = ["EVALUATION_FILE", "EvalSpec", "InDtype", "evaluate_model", "evaluate_run", "load_run_config",
+__all__ = ["EvalSpec", "InDtype", "evaluate_model", "evaluate_run", "load_run_config",
            "load_trained_model", "model_tag", "read_evaluation"]
 
 F64 = torch.float64

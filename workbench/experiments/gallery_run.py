@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..flows.base import data_end_time
 from ..flows.registry import FLOW_INFO, FLOW_NAMES, make_flow
 from ..rundir import atomic_write_json, check_run_dir, save_npz
+from ..sampling import flow_map_trajectory
 
 __all__ = ["FIELDS", "gallery_arrays", "write_gallery_run"]
 
@@ -30,10 +31,7 @@ def gallery_arrays(name: str, *, n_traj: int = 48, n_times: int = 41, grid_n: in
     t_end = data_end_time(flow)
     times = torch.linspace(0.0, t_end, n_times, dtype=torch.float64)
     x0 = flow.sample_marginal(0.0, n_traj, g)
-    traj = [x0]  # step along the grid (semigroup): one integration for ODE-oracle flows
-    for a, b in zip(times[:-1], times[1:]):
-        traj.append(flow.flow_map(float(a), float(b), traj[-1]))
-    traj = torch.stack(traj)
+    traj = flow_map_trajectory(flow, x0, grid=times)  # along the grid (semigroup): one integration for ODE oracles
     data = flow.sample_data(2000, g)
     out = {"times": times.numpy(), "trajectories": traj.numpy(), "data": data.numpy()}
     lo, hi = -3.0, 3.0

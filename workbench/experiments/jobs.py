@@ -14,18 +14,18 @@ keeps its checkpoint and resumes when the main job runs again.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import torch
 
-from ..rundir import TRAINING as TRAINING_FILE
 from ..rundir import RunDir, atomic_write_json, read_json
 from ..training.callbacks import Callback, StepRecord, TrainContext
-from ..training.trainer import latest_step
+from ..training.checkpoint import find_latest
 from .specs import RUN_STATUSES, DiagnosticsSpec, Job, JobResult, ProgressMessage, TrainingSummary
 from .stopping import init_worker_stop, stop_on_signals, stop_requested
 
-__all__ = ["TRAINING_FILE", "ProgressCallback", "diagnostics_callbacks", "init_worker", "post", "run_job"]
+__all__ = ["ProgressCallback", "diagnostics_callbacks", "init_worker", "post", "run_job"]
 
 _QUEUE: Any = None  # the parent's progress queue (anything with put()), None outside a worker
 
@@ -104,13 +104,27 @@ def diagnostics_callbacks(spec: DiagnosticsSpec, steps: int) -> list[Callback]:
 
 def _prior_summary(rd: RunDir) -> TrainingSummary | None:
     """The summary of the sessions before this one (None for a first session or an unreadable file,
-    whose sessions and seconds are then counted from zero)."""
+    whose sessions and seconds are then counted from zero, with a warning naming the file)."""
     if not rd.training.is_file():
         return None
     try:
         return TrainingSummary.from_dict(read_json(rd.training, what="training summary"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as err:
+        warnings.warn(f"cannot read the training summary {rd.training} ({err}); the sessions and seconds "
+                      "of the earlier sessions are not counted", stacklevel=2)
         return None
+
+
+def _finished_step(rd: RunDir) -> int:
+    """Step of the run's newest checkpoint that loads and passes its checks (0 when none does).
+
+    A corrupt newest checkpoint does not count: then this is the step of the older one the trainer
+    will resume from (the trainer reports and sets the unusable ones aside), so the run is trained on
+    rather than reported finished on the strength of a file name."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the trainer reports each skipped checkpoint when it resumes
+        found = find_latest(rd.path)
+    return found.step or 0
 
 
 def _train(job: Job) -> TrainingSummary:
@@ -119,7 +133,7 @@ def _train(job: Job) -> TrainingSummary:
 
     cfg, rd = job.config, job.rundir
     resume = rd.config.is_file()
-    done_before = latest_step(rd.path) if resume else 0
+    done_before = _finished_step(rd) if resume else 0
     prior = _prior_summary(rd)
     if resume and done_before >= cfg.steps and rd.diagnosis_json.is_file() and prior is not None:
         return TrainingSummary(**{**prior.to_dict(), "status": "completed", "steps_done": done_before})

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..rundir import RunDir, atomic_write_text, check_run_dir, read_json
+from ..rundir import REPORT, RunDir, atomic_write_text, check_run_dir, read_json
 from ..training.config import DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, TrainConfig
 from .evaluate import read_evaluation
 from .gallery_run import write_gallery_run
@@ -46,8 +46,6 @@ from .stopping import signal_exit_code, sigterm_as_interrupt
 
 METHODS = ("lsd", "esd", "psd_midpoint", "psd_uniform", "meanflow", "ct", "isd")
 DATASETS = ("checkerboard", "gmm")
-#: the report's file name, in the directory of the plan's run directories and in the figures directory
-REPORT_FILE = "report.md"
 #: relative cost of a training step (workbench.experiments bench, MLP 256x3, batch 512): longest first
 COST = {"isd": 2.5, "esd": 1.9, "lsd": 1.5, "meanflow": 1.2, "ct": 1.1, "psd_midpoint": 1.0, "psd_uniform": 1.0}
 
@@ -231,10 +229,12 @@ def method_notes(plan: MainPlan) -> list[str]:
     return out
 
 
-def figures_stage(plan: MainPlan, gallery: Path, run_dirs: list[Path], out: Path) -> tuple[list[Path], list[str]]:
+def figures_stage(plan: MainPlan, gallery: Path, run_dirs: list[Path], out: Path) -> tuple[list[Path], list[str], bool]:
     """Figures of the gallery and of every run whose evaluation found finite samples (a run whose
     samples overflow is left out and named in the notes); if the figure code still fails, the
-    gallery alone, and the failure goes into the notes. The report is written in every case."""
+    gallery alone, and the failure goes into the notes. Returns (paths, notes, failed): ``failed``
+    says the figures of the training runs could not be made, so that the job ends with a non-zero
+    exit code (after writing the report, which the failure does not stop)."""
     notes = []
     drawn = []
     for rd in run_dirs:
@@ -246,12 +246,12 @@ def figures_stage(plan: MainPlan, gallery: Path, run_dirs: list[Path], out: Path
             drawn.append(rd)
     try:
         paths, more = make_all_figures(plan, [gallery, *drawn], out)
-        return paths, notes + more
-    except Exception as err:
-        print(f"error while making the figures of the training runs: {err}", file=sys.stderr)
+        return paths, notes + more, False
+    except Exception as err:  # any failure, a programming error included: noted, and the exit code says so
+        print(f"error while making the figures of the training runs: {type(err).__name__}: {err}", file=sys.stderr)
         notes.append(f"the figures of the training runs could not be made ({type(err).__name__}: {err})")
     paths, more = make_all_figures(plan, [gallery], out)
-    return paths, notes + more
+    return paths, notes + more, True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return signal_exit_code(signal.SIGINT)
     run_dirs = [root / n for n in plan.run_names() if RunDir(root / n).evaluation.is_file()]
     print("regenerating figures ...", file=sys.stderr)
-    paths, notes = figures_stage(plan, gallery, run_dirs, figures_dir)
+    paths, notes, figures_failed = figures_stage(plan, gallery, run_dirs, figures_dir)
     stage["figures"] = time.perf_counter() - t0 - sum(stage.values())
     wall = time.perf_counter() - t0
     fresh_runs = {r.run for r in results}
@@ -343,10 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     notes += method_notes(plan)
     rel = [str(p.resolve().relative_to(figures_dir.resolve())) if p.resolve().is_relative_to(figures_dir.resolve())
            else str(p) for p in paths if p.suffix == ".png"]
-    report = write_report(run_dirs, root / REPORT_FILE, header=header, figures=[f"{figures_dir}/{p}" for p in rel],
+    report = write_report(run_dirs, root / REPORT, header=header, figures=[f"{figures_dir}/{p}" for p in rel],
                           notes=notes)
-    copy = atomic_write_text(figures_dir / REPORT_FILE, report.read_text(encoding="utf-8"))
+    copy = atomic_write_text(figures_dir / REPORT, report.read_text(encoding="utf-8"))
     print(f"main job finished in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(f"  report: {report} (copy: {copy})", file=sys.stderr)
     print(f"  figures: {len(paths)} files in {figures_dir}", file=sys.stderr)
+    if figures_failed:
+        print("error: the figures of the training runs could not be made (see the report's notes); exit code 1",
+              file=sys.stderr)
+        return 1
     return 0

@@ -30,9 +30,11 @@ usable (a silent restart from step 0 would throw the run away).
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import pickle
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,22 +168,34 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path, step: int, *, ke
     return path
 
 
+# What torch.load raises for damaged bytes held in memory: the zip reader's RuntimeError or
+# ValueError, a truncated or mangled pickle stream (EOFError, UnpicklingError, UnicodeDecodeError,
+# and the LookupError / TypeError of the restricted unpickler meeting a corrupted opcode argument).
+# The file is read into memory first, so no OSError can come from here: a missing file, a permission
+# problem or a disk error (and a MemoryError) propagates from the read instead, since it says nothing
+# about the file, and a caller that sets unreadable checkpoints aside must not set a good one aside.
+_UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, LookupError, TypeError)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, verify: bool = True) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)`` (tensors and primitive containers only)
     and return its state without the checksum entry.
 
     With ``verify`` (the default) the checksum must be present and match and every floating tensor
     must be finite; ``verify=False`` reads a file as it is (inspection of a damaged or old file).
-    Raises :class:`CheckpointError` naming the file and the problem.
+    Raises :class:`CheckpointError` naming the file and the problem when its content is unreadable
+    or fails a check; an ``OSError`` (missing file, permissions, a disk error) or ``MemoryError``
+    propagates unchanged, since it says nothing about whether the file is good.
     """
     path = Path(path)
+    blob = io.BytesIO(path.read_bytes())  # OSError, MemoryError: not a verdict on the file, propagated
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(blob, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} cannot be read: torch.load(weights_only=True) refused it ({first}); "
                               "a checkpoint holds only tensors and primitive containers") from err
-    except Exception as err:  # a torn, truncated or corrupted zip container, a missing file
+    except _UNREADABLE as err:  # a torn, truncated or corrupted container; OSError, MemoryError propagate
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {first})") from err
     if not isinstance(state, dict):
@@ -220,7 +234,8 @@ class LatestCheckpoint:
 
 def find_latest(run_dir: str | Path, map_location: str | torch.device = "cpu") -> LatestCheckpoint:
     """Try the run's checkpoints newest first; return the first that loads and passes its checks,
-    with the ones skipped on the way (each also reported as a warning). Reads only; deletes nothing."""
+    with the ones skipped on the way (each also reported as a warning). Reads only; deletes nothing.
+    An ``OSError`` or ``MemoryError`` while reading propagates: it is no reason to skip a checkpoint."""
     skipped: list[tuple[int, Path, str]] = []
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
@@ -238,7 +253,9 @@ def unusable_message(run_dir: str | Path, skipped: tuple[tuple[int, Path, str], 
     reasons = "; ".join(f"step {step}: {reason}" for step, _, reason in skipped)
     return (f"none of the {len(skipped)} checkpoint(s) in {RunDir(run_dir).checkpoint_dir} is usable ({reasons}). "
             "Refusing to restart from step 0 silently: restore a good copy of a checkpoint, or start afresh "
-            "explicitly (allow_fresh_start=True; the unusable files are then set aside)")
+            "explicitly, setting the unusable files aside: on the command line "
+            "`python -m workbench.experiments --resume RUN_DIR --fresh-start`, "
+            "in Python Trainer.resume(run_dir, allow_fresh_start=True) or load_latest(run_dir, allow_fresh_start=True)")
 
 
 def load_latest(

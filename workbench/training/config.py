@@ -35,9 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..rundir import CONFIG, RunDir, atomic_write_text, read_json
-
-CONFIG_FILE = CONFIG  # the file name, kept for importers; paths come from RunDir(run_dir).config
+from ..rundir import RunDir, atomic_write_text, read_json
 
 # The largest batch one optimiser step may draw. Checked at construction so that a typo such as
 # --batch_size 1e12 fails with a message instead of an allocation error deep inside the first step.
@@ -265,7 +263,7 @@ class TrainConfig:
         if path.is_dir() or not path.exists():
             path = RunDir(path).config
             if not path.is_file():
-                raise ValueError(f"no {CONFIG_FILE} in {run_dir}; is it a run directory?")
+                raise ValueError(f"no {RunDir(run_dir).config.name} in {run_dir}; is it a run directory?")
         doc = read_json(path, expect=dict, what="config")
         try:
             return cls.from_dict(doc)

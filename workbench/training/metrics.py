@@ -10,33 +10,14 @@ past the checkpoint's step.
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from ..rundir import RunDir, append_jsonl, atomic_write_text, json_safe, read_jsonl
 
-from ..rundir import METRICS, TB_DIR, RunDir, atomic_write_text, read_jsonl
-
-METRICS_FILE = METRICS  # the file name, kept for importers; paths come from RunDir(run_dir).metrics
-
-__all__ = ["METRICS_FILE", "TB_DIR", "MetricsLog", "read_metrics", "truncate_metrics"]
-
-
-def _clean(v: Any) -> Any:
-    """Tensors and numpy scalars as Python numbers, non-finite floats as None, recursively."""
-    if isinstance(v, (torch.Tensor, np.generic)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
+__all__ = ["MetricsLog", "read_metrics", "truncate_metrics"]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -61,13 +42,14 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> int:
 
 
 class MetricsLog:
-    """Appends ``{"step": step, **metrics}`` lines to metrics.jsonl (flushed at once) and writes
-    TensorBoard scalars."""
+    """Appends ``{"step": step, **metrics}`` lines to metrics.jsonl (with
+    :func:`workbench.rundir.append_jsonl`: flushed at once, non-finite values as null, a torn last
+    line of a killed session closed first) and writes TensorBoard scalars."""
 
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, purge_step: int | None = None) -> None:
         rd = RunDir(run_dir)
         self.path = rd.metrics
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.path.touch()  # the log exists from the start of a session, as an empty file if nothing is logged
         self._tb = None
         if tensorboard:
             try:
@@ -78,17 +60,14 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(rd.tensorboard), purge_step=purge_step)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        row = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row, allow_nan=False) + "\n")
-        self._file.flush()
+        row = json_safe({"step": int(step), **metrics})
+        append_jsonl(self.path, row)
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
