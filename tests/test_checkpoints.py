@@ -494,3 +494,15 @@ def test_a_transient_read_error_propagates_and_sets_no_checkpoint_aside(tmp_path
     assert list_checkpoints(run_dir) == before and not list(RunDir(run_dir).checkpoint_dir.glob("*.unusable"))
     monkeypatch.undo()
     assert Trainer.resume(run_dir).step == 12  # the failure has passed: nothing was lost
+
+
+def test_latest_step_is_the_newest_usable_checkpoint_not_the_newest_file_name(tmp_path, finished):
+    from workbench.training import latest_step
+
+    run_dir = copy_run(finished, tmp_path / "run")
+    assert latest_step(run_dir) == 12
+    (_, p12) = list_checkpoints(run_dir)[-1]
+    p12.write_bytes(p12.read_bytes()[: p12.stat().st_size // 2])  # a torn final checkpoint
+    with pytest.warns(UserWarning, match="skipping checkpoint of step 12"):
+        assert latest_step(run_dir) == 8
+    assert latest_step(tmp_path / "empty") == 0

@@ -53,7 +53,6 @@ from .callbacks import Callback, StepRecord, TrainContext
 from .checkpoint import (
     CheckpointError,
     find_latest,
-    list_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -512,6 +511,7 @@ class Trainer:
 
 
 def latest_step(run_dir: str | Path) -> int:
-    """Step of the newest checkpoint file of a run (0 when it has none); the file is not read."""
-    found = list_checkpoints(run_dir)
-    return found[-1][0] if found else 0
+    """Step of the newest USABLE checkpoint of a run (0 when it has none): each newer checkpoint that
+    fails its checksum or finiteness checks is skipped with a warning (:func:`find_latest`), so a
+    corrupt final checkpoint never makes a run look finished."""
+    return find_latest(run_dir).step or 0
