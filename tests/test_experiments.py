@@ -252,7 +252,7 @@ def test_resume_with_no_usable_checkpoint_names_fresh_start_which_the_command_li
         assert cli_main(["--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "is usable" in err and "--resume RUN_DIR --fresh-start" in err and "Traceback" not in err
-    with pytest.warns(UserWarning, match="skipping checkpoint"):
+    with pytest.warns(UserWarning, match="skipping checkpoint"), pytest.warns(UserWarning, match="set aside"):
         assert cli_main(["--resume", str(run_dir), "--fresh-start"]) == 0
     assert "resuming at step 0" in capsys.readouterr().err
     assert [s for s, _ in RunDir(run_dir).checkpoints()] == [s for s, _ in checkpoints]  # trained again

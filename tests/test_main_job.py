@@ -274,7 +274,7 @@ def test_a_corrupt_final_checkpoint_is_trained_again_not_reported_finished(tmp_p
     (*_, (last, newest)) = list_checkpoints(job.run_dir)
     assert last == 6
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    with pytest.warns(UserWarning, match="unusable checkpoint"):
+    with pytest.warns(UserWarning, match="skipping checkpoint"), pytest.warns(UserWarning, match="unusable checkpoint"):
         res = jobs.run_job(job)
     assert res.status == "completed" and res.training.steps_done == 6 and res.training.sessions == 2
     found = find_latest(job.run_dir)
